@@ -1,0 +1,60 @@
+//! The admin endpoint: `/metrics` (Prometheus text), `/healthz` (the process serves) and
+//! `/readyz` (the gateway accepts data; JSON details of every destination queue and the
+//! memory budget, 503 while starting or shutting down).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::pipeline::{MemoryBudget, QueueStats};
+
+/// What the admin endpoint reports on.
+#[derive(Debug)]
+pub struct AdminState {
+    /// True between start-up and the start of shutdown.
+    pub ready: AtomicBool,
+    pub queues: Vec<Arc<QueueStats>>,
+    pub budget: MemoryBudget,
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics() -> Response {
+    let body = crate::telemetry::prometheus().render();
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        body,
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    let ready = state.ready.load(Ordering::Relaxed);
+    let exporters: Vec<_> = state
+        .queues
+        .iter()
+        .map(|q| serde_json::json!({ "name": q.name(), "queue_depth": q.depth(), "queue_bytes": q.bytes() }))
+        .collect();
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "exporters": exporters,
+        "memory_budget": { "used_bytes": state.budget.used(), "limit_bytes": state.budget.limit() },
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,5 @@
+#[derive(clap::Args)]
+pub struct DemoArgs {}
+pub async fn run(_a: DemoArgs) -> anyhow::Result<()> {
+    Ok(())
+}

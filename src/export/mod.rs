@@ -1,0 +1,3 @@
+//! Destinations that deliver accepted telemetry somewhere else.
+
+pub mod otlp;

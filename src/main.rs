@@ -1,0 +1,106 @@
+//! The `otelgate` command line. Everything but argument parsing lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use otelgate::{demo, telemetry, Config, Gateway};
+
+#[derive(Parser)]
+#[command(
+    name = "otelgate",
+    version,
+    about = "OTLP ingestion gateway: receive once, forward to every backend."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway until SIGTERM or Ctrl-C.
+    Run {
+        /// TOML config file; without it, defaults and OTELGATE_* environment variables apply.
+        #[arg(long, short, env = "OTELGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Load and validate a config file; print what is wrong, naming the key.
+    CheckConfig {
+        #[arg(long, short, env = "OTELGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Start the gateway on the standard ports with two in-process backends, send realistic
+    /// frame, detection and LLM telemetry through it for a few seconds and print what happened.
+    Demo(demo::DemoArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(config).await,
+        Command::CheckConfig { config } => check_config(config),
+        Command::Demo(args) => demo::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(path.as_deref())?;
+    telemetry::init_logging(&config.telemetry);
+    let gateway = Gateway::start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("Shutting down: no new requests; draining queues.");
+    let reports = gateway.shutdown().await;
+    let undelivered: u64 = reports.iter().map(|r| r.undelivered).sum();
+    if undelivered > 0 {
+        anyhow::bail!("{undelivered} items could not be delivered before the shutdown deadline");
+    }
+    Ok(())
+}
+
+fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(path.as_deref())?;
+    println!(
+        "config OK: gRPC {}, HTTP {}, admin {}, exporters: {}",
+        config.receiver.grpc_endpoint,
+        config.receiver.http_endpoint,
+        config.telemetry.admin_endpoint,
+        config
+            .exporters
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

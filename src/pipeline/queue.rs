@@ -1,0 +1,211 @@
+//! A destination's bounded queue of shared payloads, with its depth and bytes exported as
+//! gauges. The sender side lives in the fan-out; the receiver side in the destination's worker.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::Payload;
+use crate::telemetry;
+
+/// What the fan-out does when a destination's queue is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenFull {
+    /// Wait up to `block_timeout_ms` for room, then refuse the request with a retryable
+    /// answer (gRPC UNAVAILABLE / HTTP 503) and deliver it to no destination. Nothing is
+    /// lost, but a stuck destination eventually throttles every client.
+    #[default]
+    Block,
+    /// Skip this destination for the request (counted in `otelgate_exporter_dropped_items_total`);
+    /// the other destinations still get it. A stuck destination never slows the others.
+    Drop,
+}
+
+const fn default_capacity() -> usize {
+    1024
+}
+
+const fn default_block_timeout_ms() -> u64 {
+    1000
+}
+
+/// Size and overflow policy of one destination's queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Requests the queue holds. The memory budget bounds their bytes across all queues.
+    #[serde(default = "default_capacity")]
+    pub capacity: usize,
+    /// `block` (default) or `drop`; see [`WhenFull`].
+    #[serde(default)]
+    pub when_full: WhenFull,
+    /// With `block`, how long a request may wait for room before it is refused.
+    #[serde(default = "default_block_timeout_ms")]
+    pub block_timeout_ms: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            capacity: default_capacity(),
+            when_full: WhenFull::default(),
+            block_timeout_ms: default_block_timeout_ms(),
+        }
+    }
+}
+
+impl QueueConfig {
+    pub fn block_timeout(&self) -> Duration {
+        Duration::from_millis(self.block_timeout_ms)
+    }
+}
+
+/// Live depth of one queue, readable without holding the queue open (for `/readyz`).
+#[derive(Debug)]
+pub struct QueueStats {
+    name: Arc<str>,
+    depth: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl QueueStats {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Requests waiting.
+    pub fn depth(&self) -> u64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Bytes waiting.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, payload: &Payload, sign: i64) {
+        let len = payload.body.len() as u64;
+        let (depth, bytes) = if sign > 0 {
+            (
+                self.depth.fetch_add(1, Ordering::Relaxed) + 1,
+                self.bytes.fetch_add(len, Ordering::Relaxed) + len,
+            )
+        } else {
+            (
+                self.depth.fetch_sub(1, Ordering::Relaxed) - 1,
+                self.bytes.fetch_sub(len, Ordering::Relaxed) - len,
+            )
+        };
+        let name = self.name.to_string();
+        metrics::gauge!(telemetry::EXPORTER_QUEUE_DEPTH, "exporter" => name.clone())
+            .set(depth as f64);
+        metrics::gauge!(telemetry::EXPORTER_QUEUE_BYTES, "exporter" => name).set(bytes as f64);
+    }
+}
+
+/// The fan-out's end of a destination queue.
+#[derive(Debug, Clone)]
+pub struct QueueSender {
+    tx: mpsc::Sender<Arc<Payload>>,
+    gauges: Arc<QueueStats>,
+}
+
+/// The destination worker's end of its queue. The queue closes when every sender is gone,
+/// which is how a worker learns that the receivers have stopped.
+#[derive(Debug)]
+pub struct QueueReceiver {
+    rx: mpsc::Receiver<Arc<Payload>>,
+    gauges: Arc<QueueStats>,
+}
+
+/// A bounded queue for the destination `name`.
+pub fn queue(name: &str, capacity: usize) -> (QueueSender, QueueReceiver) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let gauges = Arc::new(QueueStats {
+        name: name.into(),
+        depth: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+    });
+    (
+        QueueSender {
+            tx,
+            gauges: gauges.clone(),
+        },
+        QueueReceiver { rx, gauges },
+    )
+}
+
+/// Room for one payload, reserved ahead of sending so a fan-out can be all or nothing.
+pub struct Reserved<'a> {
+    permit: mpsc::Permit<'a, Arc<Payload>>,
+    gauges: &'a QueueStats,
+}
+
+impl Reserved<'_> {
+    pub fn send(self, payload: Arc<Payload>) {
+        self.gauges.add(&payload, 1);
+        self.permit.send(payload);
+    }
+}
+
+/// Why no room was reserved.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReserveError {
+    Full,
+    Closed,
+}
+
+impl QueueSender {
+    /// Reserves room without waiting.
+    pub fn try_reserve(&self) -> Result<Reserved<'_>, ReserveError> {
+        match self.tx.try_reserve() {
+            Ok(permit) => Ok(self.reserved(permit)),
+            Err(mpsc::error::TrySendError::Full(())) => Err(ReserveError::Full),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(ReserveError::Closed),
+        }
+    }
+
+    /// Reserves room, waiting up to `timeout`.
+    pub async fn reserve(&self, timeout: Duration) -> Result<Reserved<'_>, ReserveError> {
+        match tokio::time::timeout(timeout, self.tx.reserve()).await {
+            Ok(Ok(permit)) => Ok(self.reserved(permit)),
+            Ok(Err(_)) => Err(ReserveError::Closed),
+            Err(_) => Err(ReserveError::Full),
+        }
+    }
+
+    fn reserved<'a>(&'a self, permit: mpsc::Permit<'a, Arc<Payload>>) -> Reserved<'a> {
+        Reserved {
+            permit,
+            gauges: &self.gauges,
+        }
+    }
+
+    /// The queue's live statistics.
+    pub fn stats(&self) -> Arc<QueueStats> {
+        self.gauges.clone()
+    }
+}
+
+impl QueueReceiver {
+    /// The next payload, or `None` once the queue is closed and empty.
+    pub async fn recv(&mut self) -> Option<Arc<Payload>> {
+        let payload = self.rx.recv().await?;
+        self.gauges.add(&payload, -1);
+        Some(payload)
+    }
+
+    /// Takes what is left without waiting, for the undelivered report at a forced shutdown.
+    pub fn drain_now(&mut self) -> Vec<Arc<Payload>> {
+        let mut left = Vec::new();
+        while let Ok(payload) = self.rx.try_recv() {
+            self.gauges.add(&payload, -1);
+            left.push(payload);
+        }
+        left
+    }
+}

@@ -1,0 +1,445 @@
+//! OTLP receivers: gRPC ([`grpc`]) and HTTP ([`http`]) front ends over one [`Ingest`] core that
+//! owns what both transports share: bearer-token auth, size limits, decompression, decoding
+//! and validation, admission against the memory budget and hand-off to the fan-out. A request
+//! is acknowledged once it sits in every destination queue that takes it.
+
+pub mod grpc;
+pub mod http;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+use crate::pipeline::{DispatchError, Fanout, MemoryBudget, Payload};
+use crate::telemetry::{self, reason};
+use crate::Signal;
+
+const fn default_max_request_bytes() -> usize {
+    16 * 1024 * 1024
+}
+
+fn default_grpc_endpoint() -> String {
+    "0.0.0.0:4317".into()
+}
+
+fn default_http_endpoint() -> String {
+    "0.0.0.0:4318".into()
+}
+
+/// Where and how OTLP is received.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverConfig {
+    /// OTLP/gRPC listen address.
+    #[serde(default = "default_grpc_endpoint")]
+    pub grpc_endpoint: String,
+    /// OTLP/HTTP listen address.
+    #[serde(default = "default_http_endpoint")]
+    pub http_endpoint: String,
+    /// Largest request accepted, measured after decompression (so a small compressed bomb is
+    /// stopped at this size). Larger requests get HTTP 413 / gRPC RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Bearer-token authentication; off when absent.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// TLS for both listeners; cleartext when absent.
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            grpc_endpoint: default_grpc_endpoint(),
+            http_endpoint: default_http_endpoint(),
+            max_request_bytes: default_max_request_bytes(),
+            auth: None,
+            tls: None,
+        }
+    }
+}
+
+/// Clients must send `Authorization: Bearer <token>` with one of these tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Accepted tokens. Keep them out of the file: `["${OTELGATE_TOKEN}"]`.
+    pub bearer_tokens: Vec<String>,
+}
+
+/// Server certificate and key, PEM.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl ReceiverConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("receiver.grpc_endpoint", &self.grpc_endpoint),
+            ("receiver.http_endpoint", &self.http_endpoint),
+        ] {
+            value.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::invalid(key, format!("`{value}` is not host:port: {e}"))
+            })?;
+        }
+        if self.max_request_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "receiver.max_request_bytes",
+                "must be greater than 0",
+            ));
+        }
+        if let Some(auth) = &self.auth {
+            if auth.bearer_tokens.is_empty() || auth.bearer_tokens.iter().any(String::is_empty) {
+                return Err(ConfigError::invalid(
+                    "receiver.auth.bearer_tokens",
+                    "list at least one token, none empty (or remove [receiver.auth])",
+                ));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            crate::net::tls_acceptor(&tls.cert_file, &tls.key_file)
+                .map_err(|e| ConfigError::invalid("receiver.tls", e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The transport a request came in on, for metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Grpc,
+    Http,
+}
+
+impl Transport {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Transport::Grpc => "grpc",
+            Transport::Http => "http",
+        }
+    }
+}
+
+/// How a request body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    Protobuf,
+    Json,
+}
+
+/// Why a request was refused. Each variant maps to one gRPC code and one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("missing or invalid bearer token")]
+    Unauthenticated,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("request exceeds the limit of {limit} bytes (receiver.max_request_bytes) after decompression")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("memory budget of {limit} bytes is in use; retry after {retry_after:?}")]
+    Throttled { limit: u64, retry_after: Duration },
+    #[error("{message}; retry after {retry_after:?}")]
+    Unavailable {
+        message: String,
+        retry_after: Duration,
+    },
+    #[error("this gateway has no destination for {0}")]
+    NoDestination(Signal),
+    #[error("the gateway is shutting down; retry after {retry_after:?}")]
+    ShuttingDown { retry_after: Duration },
+}
+
+impl IngestError {
+    /// The `reason` label of the refusal counters.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::Unauthenticated => reason::UNAUTHENTICATED,
+            IngestError::Invalid(_) => reason::INVALID,
+            IngestError::TooLarge { .. } => reason::TOO_LARGE,
+            IngestError::Unsupported(_) | IngestError::NoDestination(_) => reason::UNSUPPORTED,
+            IngestError::Throttled { .. } => reason::MEMORY_BUDGET,
+            IngestError::Unavailable { .. } => reason::QUEUE_FULL,
+            IngestError::ShuttingDown { .. } => reason::SHUTTING_DOWN,
+        }
+    }
+
+    /// The delay to advise in RetryInfo / Retry-After, for throttling refusals only.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            IngestError::Throttled { retry_after, .. }
+            | IngestError::Unavailable { retry_after, .. }
+            | IngestError::ShuttingDown { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// What both transports share. Cheap to clone behind an `Arc`.
+#[derive(Debug)]
+pub struct Ingest {
+    fanout: Fanout,
+    budget: MemoryBudget,
+    tokens: Vec<Vec<u8>>,
+    max_request_bytes: usize,
+    retry_after: Duration,
+}
+
+impl Ingest {
+    pub fn new(
+        config: &ReceiverConfig,
+        fanout: Fanout,
+        budget: MemoryBudget,
+        retry_after: Duration,
+    ) -> Arc<Self> {
+        let tokens = config
+            .auth
+            .as_ref()
+            .map(|a| {
+                a.bearer_tokens
+                    .iter()
+                    .map(|t| t.as_bytes().to_vec())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Arc::new(Ingest {
+            fanout,
+            budget,
+            tokens,
+            max_request_bytes: config.max_request_bytes,
+            retry_after,
+        })
+    }
+
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_request_bytes
+    }
+
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
+    pub fn fanout(&self) -> &Fanout {
+        &self.fanout
+    }
+
+    /// Checks an `Authorization` header value against the configured tokens.
+    pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<(), IngestError> {
+        if self.tokens.is_empty() {
+            return Ok(());
+        }
+        let presented = authorization
+            .and_then(|v| {
+                let (scheme, token) = v.split_at(v.iter().position(|&b| b == b' ')?);
+                scheme
+                    .eq_ignore_ascii_case(b"bearer")
+                    .then(|| token.trim_ascii())
+            })
+            .ok_or(IngestError::Unauthenticated)?;
+        // Compare with every token in constant time per token, so timing reveals nothing.
+        let matched = self.tokens.iter().fold(false, |found, token| {
+            found | constant_time_eq(token, presented)
+        });
+        matched.then_some(()).ok_or(IngestError::Unauthenticated)
+    }
+
+    /// Decompresses `body` (`gzip`, `zstd` or identity), stopping at the request size limit.
+    pub fn decompress(&self, encoding: Option<&str>, body: Bytes) -> Result<Bytes, IngestError> {
+        let limit = self.max_request_bytes;
+        let reader: Box<dyn Read + '_> = match encoding.map(str::trim) {
+            None | Some("") | Some("identity") => {
+                return if body.len() > limit {
+                    Err(IngestError::TooLarge { limit })
+                } else {
+                    Ok(body)
+                };
+            }
+            Some(e) if e.eq_ignore_ascii_case("gzip") => {
+                Box::new(flate2::read::GzDecoder::new(&body[..]))
+            }
+            Some(e) if e.eq_ignore_ascii_case("zstd") => Box::new(
+                zstd::stream::read::Decoder::new(&body[..])
+                    .map_err(|e| IngestError::Invalid(format!("invalid zstd body: {e}")))?,
+            ),
+            Some(other) => {
+                return Err(IngestError::Unsupported(format!(
+                    "unsupported Content-Encoding `{other}`; use gzip, zstd or none"
+                )))
+            }
+        };
+        let mut out = Vec::with_capacity((body.len() * 4).min(limit + 1));
+        reader
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| IngestError::Invalid(format!("cannot decompress body: {e}")))?;
+        if out.len() > limit {
+            return Err(IngestError::TooLarge { limit });
+        }
+        Ok(out.into())
+    }
+
+    /// Validates a decompressed body, admits it against the memory budget and queues it for
+    /// every destination. Returns the number of items accepted.
+    pub async fn accept(
+        &self,
+        signal: Signal,
+        transport: Transport,
+        format: BodyFormat,
+        body: Bytes,
+    ) -> Result<u64, IngestError> {
+        let (body, items) = match format {
+            BodyFormat::Protobuf => {
+                let items = signal
+                    .count_protobuf(&body)
+                    .map_err(|e| IngestError::Invalid(e.to_string()))?;
+                (body, items)
+            }
+            BodyFormat::Json => signal
+                .json_to_protobuf(&body)
+                .map_err(|e| IngestError::Invalid(e.to_string()))?,
+        };
+        let labels = [
+            ("signal", signal.as_str()),
+            ("transport", transport.as_str()),
+        ];
+        metrics::histogram!(telemetry::RECEIVER_REQUEST_BYTES, &labels).record(body.len() as f64);
+        let refuse = |error: IngestError| {
+            metrics::counter!(telemetry::RECEIVER_REFUSED_ITEMS, "signal" => signal.as_str(), "transport" => transport.as_str(), "reason" => error.reason()).increment(items);
+            error
+        };
+        if items == 0 {
+            // Nothing to forward (OTLP allows empty requests); acknowledge without queueing.
+            metrics::counter!(telemetry::RECEIVER_ACCEPTED_REQUESTS, &labels).increment(1);
+            return Ok(0);
+        }
+        let permit = self.budget.try_admit(body.len()).ok_or_else(|| {
+            refuse(IngestError::Throttled {
+                limit: self.budget.limit(),
+                retry_after: self.retry_after,
+            })
+        })?;
+        let payload = Arc::new(Payload::new(signal, body, items, permit));
+        self.fanout.dispatch(payload).await.map_err(|e| {
+            refuse(match e {
+                DispatchError::NoDestination(signal) => IngestError::NoDestination(signal),
+                DispatchError::ShuttingDown => IngestError::ShuttingDown {
+                    retry_after: self.retry_after,
+                },
+                full @ DispatchError::QueueFull(_) => IngestError::Unavailable {
+                    message: full.to_string(),
+                    retry_after: self.retry_after,
+                },
+            })
+        })?;
+        metrics::counter!(telemetry::RECEIVER_ACCEPTED_REQUESTS, &labels).increment(1);
+        metrics::counter!(telemetry::RECEIVER_ACCEPTED_ITEMS, &labels).increment(items);
+        Ok(items)
+    }
+}
+
+/// Counts a refused request.
+pub fn record_refusal(signal: Signal, transport: Transport, error: &IngestError) {
+    metrics::counter!(
+        telemetry::RECEIVER_REFUSED_REQUESTS,
+        "signal" => signal.as_str(),
+        "transport" => transport.as_str(),
+        "reason" => error.reason(),
+    )
+    .increment(1);
+    match error {
+        IngestError::Invalid(message) => {
+            tracing::debug!(%signal, transport = transport.as_str(), %message, "Refused an invalid request.")
+        }
+        other => {
+            tracing::debug!(%signal, transport = transport.as_str(), error = %other, "Refused a request.")
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn ingest(tokens: &[&str]) -> Arc<Ingest> {
+        let config = ReceiverConfig {
+            max_request_bytes: 1000,
+            auth: (!tokens.is_empty()).then(|| AuthConfig {
+                bearer_tokens: tokens.iter().map(|t| t.to_string()).collect(),
+            }),
+            ..ReceiverConfig::default()
+        };
+        Ingest::new(
+            &config,
+            Fanout::default(),
+            MemoryBudget::new(1 << 20),
+            Duration::from_secs(1),
+        )
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let open = ingest(&[]);
+        assert!(open.authorize(None).is_ok());
+        let closed = ingest(&["s3cret", "other"]);
+        for (header, ok) in [
+            (None, false),
+            (Some(&b"Bearer s3cret"[..]), true),
+            (Some(b"bearer other"), true),
+            (Some(b"Bearer s3cre"), false),
+            (Some(b"Basic s3cret"), false),
+            (Some(b"s3cret"), false),
+        ] {
+            assert_eq!(closed.authorize(header).is_ok(), ok, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn decompression_stops_at_the_limit() {
+        let ingest = ingest(&[]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![0u8; 10_000_000]).unwrap();
+        let bomb = Bytes::from(gz.finish().unwrap());
+        assert!(bomb.len() < 20_000);
+        assert!(matches!(
+            ingest.decompress(Some("gzip"), bomb),
+            Err(IngestError::TooLarge { limit: 1000 })
+        ));
+        let small = zstd::encode_all(&b"hello"[..], 3).unwrap();
+        assert_eq!(
+            &ingest.decompress(Some("zstd"), small.into()).unwrap()[..],
+            b"hello"
+        );
+        assert!(matches!(
+            ingest.decompress(Some("gzip"), Bytes::from_static(b"not gzip")),
+            Err(IngestError::Invalid(_))
+        ));
+        assert!(matches!(
+            ingest.decompress(Some("br"), Bytes::from_static(b"x")),
+            Err(IngestError::Unsupported(_))
+        ));
+        assert!(matches!(
+            ingest.decompress(None, Bytes::from(vec![0u8; 1001])),
+            Err(IngestError::TooLarge { .. })
+        ));
+    }
+}

@@ -1,0 +1,174 @@
+//! The three OTLP signals and what the gateway needs to know about each: its gRPC method and
+//! HTTP path, how to validate a request body and how many items (spans, data points, log
+//! records) it carries. Everything else in the crate is written once, generic over [`Signal`].
+
+use std::fmt;
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::{
+    logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+    trace::v1::ExportTraceServiceRequest,
+};
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use prost::Message;
+use serde::Deserialize;
+
+/// An OTLP signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signal {
+    Traces,
+    Metrics,
+    Logs,
+}
+
+/// Why a request body could not be accepted as OTLP.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("invalid OTLP protobuf for {signal}: {source}")]
+    Protobuf {
+        signal: Signal,
+        source: prost::DecodeError,
+    },
+    #[error("invalid OTLP/JSON for {signal}: {source}")]
+    Json {
+        signal: Signal,
+        source: serde_json::Error,
+    },
+}
+
+impl Signal {
+    /// Every signal, in a fixed order (used to index per-signal state).
+    pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
+
+    /// Lower-case name, as used in paths, config and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
+        }
+    }
+
+    /// Position in [`Signal::ALL`].
+    pub const fn index(self) -> usize {
+        match self {
+            Signal::Traces => 0,
+            Signal::Metrics => 1,
+            Signal::Logs => 2,
+        }
+    }
+
+    /// OTLP/HTTP path, e.g. `/v1/traces`.
+    pub const fn http_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Metrics => "/v1/metrics",
+            Signal::Logs => "/v1/logs",
+        }
+    }
+
+    /// OTLP/gRPC method path, e.g. `/opentelemetry.proto.collector.trace.v1.TraceService/Export`.
+    pub const fn grpc_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+            Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+        }
+    }
+
+    /// Validates a protobuf `Export*ServiceRequest` body and counts its items.
+    pub fn count_protobuf(self, body: &[u8]) -> Result<u64, DecodeError> {
+        let err = |source| DecodeError::Protobuf {
+            signal: self,
+            source,
+        };
+        Ok(match self {
+            Signal::Traces => count_traces(&ExportTraceServiceRequest::decode(body).map_err(err)?),
+            Signal::Metrics => {
+                count_metrics(&ExportMetricsServiceRequest::decode(body).map_err(err)?)
+            }
+            Signal::Logs => count_logs(&ExportLogsServiceRequest::decode(body).map_err(err)?),
+        })
+    }
+
+    /// Parses an OTLP/JSON body and returns it as protobuf, with its item count. Protobuf is
+    /// the one form the pipeline carries, so JSON is converted exactly once, here.
+    pub fn json_to_protobuf(self, body: &[u8]) -> Result<(Bytes, u64), DecodeError> {
+        let err = |source| DecodeError::Json {
+            signal: self,
+            source,
+        };
+        Ok(match self {
+            Signal::Traces => {
+                let req: ExportTraceServiceRequest = serde_json::from_slice(body).map_err(err)?;
+                (req.encode_to_vec().into(), count_traces(&req))
+            }
+            Signal::Metrics => {
+                let req: ExportMetricsServiceRequest = serde_json::from_slice(body).map_err(err)?;
+                (req.encode_to_vec().into(), count_metrics(&req))
+            }
+            Signal::Logs => {
+                let req: ExportLogsServiceRequest = serde_json::from_slice(body).map_err(err)?;
+                (req.encode_to_vec().into(), count_logs(&req))
+            }
+        })
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn count_traces(req: &ExportTraceServiceRequest) -> u64 {
+    req.resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len() as u64)
+        .sum()
+}
+
+fn count_logs(req: &ExportLogsServiceRequest) -> u64 {
+    req.resource_logs
+        .iter()
+        .flat_map(|r| &r.scope_logs)
+        .map(|s| s.log_records.len() as u64)
+        .sum()
+}
+
+/// Metrics are counted in data points, the unit OTLP's `partial_success` uses.
+fn count_metrics(req: &ExportMetricsServiceRequest) -> u64 {
+    req.resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .map(|m| match &m.data {
+            Some(Data::Gauge(g)) => g.data_points.len() as u64,
+            Some(Data::Sum(s)) => s.data_points.len() as u64,
+            Some(Data::Histogram(h)) => h.data_points.len() as u64,
+            Some(Data::ExponentialHistogram(h)) => h.data_points.len() as u64,
+            Some(Data::Summary(s)) => s.data_points.len() as u64,
+            None => 0,
+        })
+        .sum()
+}
+
+/// The `partial_success` part of any `Export*ServiceResponse`. The three responses share one
+/// wire shape (field 1: a message of `int64 rejected = 1; string error_message = 2`), so one
+/// type decodes them all.
+#[derive(Clone, PartialEq, Message)]
+pub struct ExportResponse {
+    #[prost(message, optional, tag = "1")]
+    pub partial_success: Option<PartialSuccess>,
+}
+
+/// Items a backend rejected from an otherwise accepted request.
+#[derive(Clone, PartialEq, Message)]
+pub struct PartialSuccess {
+    #[prost(int64, tag = "1")]
+    pub rejected: i64,
+    #[prost(string, tag = "2")]
+    pub error_message: String,
+}

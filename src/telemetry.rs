@@ -1,0 +1,241 @@
+//! Self-telemetry: the `tracing` subscriber, the Prometheus recorder, and every metric name
+//! the gateway exports (names live here and nowhere else, so dashboards and alerts have one
+//! place to check against).
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::ConfigError;
+
+/// Items (spans, metric data points, log records) accepted by a receiver. Labels: signal, transport.
+pub const RECEIVER_ACCEPTED_ITEMS: &str = "otelgate_receiver_accepted_items_total";
+/// Requests accepted by a receiver. Labels: signal, transport.
+pub const RECEIVER_ACCEPTED_REQUESTS: &str = "otelgate_receiver_accepted_requests_total";
+/// Requests refused by a receiver. Labels: signal, transport, reason.
+pub const RECEIVER_REFUSED_REQUESTS: &str = "otelgate_receiver_refused_requests_total";
+/// Items in requests refused after decoding (throttling). Labels: signal, transport, reason.
+pub const RECEIVER_REFUSED_ITEMS: &str = "otelgate_receiver_refused_items_total";
+/// Decompressed request body size in bytes. Labels: signal, transport.
+pub const RECEIVER_REQUEST_BYTES: &str = "otelgate_receiver_request_bytes";
+
+/// Bytes of request data currently held in memory by the pipeline.
+pub const MEMORY_BUDGET_USED_BYTES: &str = "otelgate_memory_budget_used_bytes";
+/// The configured memory budget in bytes.
+pub const MEMORY_BUDGET_LIMIT_BYTES: &str = "otelgate_memory_budget_limit_bytes";
+
+/// Items delivered to an exporter's backend. Labels: exporter, signal.
+pub const EXPORTER_SENT_ITEMS: &str = "otelgate_exporter_sent_items_total";
+/// Items an exporter gave up on. Labels: exporter, signal, reason
+/// (`non_retryable`, `retries_exhausted`, `shutdown`).
+pub const EXPORTER_FAILED_ITEMS: &str = "otelgate_exporter_failed_items_total";
+/// Items a backend rejected through `partial_success`. Labels: exporter, signal.
+pub const EXPORTER_REJECTED_ITEMS: &str = "otelgate_exporter_rejected_items_total";
+/// Items not queued for an exporter because its queue was full (policy `drop`). Labels: exporter, signal.
+pub const EXPORTER_DROPPED_ITEMS: &str = "otelgate_exporter_dropped_items_total";
+/// Export attempts retried. Labels: exporter, signal.
+pub const EXPORTER_RETRIES: &str = "otelgate_exporter_retries_total";
+/// Requests waiting in an exporter's queue. Labels: exporter.
+pub const EXPORTER_QUEUE_DEPTH: &str = "otelgate_exporter_queue_depth";
+/// Bytes waiting in an exporter's queue. Labels: exporter.
+pub const EXPORTER_QUEUE_BYTES: &str = "otelgate_exporter_queue_bytes";
+/// Items per exported batch. Labels: exporter, signal.
+pub const EXPORTER_BATCH_ITEMS: &str = "otelgate_exporter_batch_items";
+/// Bytes per exported batch (before compression). Labels: exporter, signal.
+pub const EXPORTER_BATCH_BYTES: &str = "otelgate_exporter_batch_bytes";
+/// Seconds from a batch's first attempt to its final outcome. Labels: exporter, signal, outcome.
+pub const EXPORTER_LATENCY_SECONDS: &str = "otelgate_exporter_latency_seconds";
+
+/// Label values for refusal reasons.
+pub mod reason {
+    pub const UNAUTHENTICATED: &str = "unauthenticated";
+    pub const INVALID: &str = "invalid";
+    pub const TOO_LARGE: &str = "too_large";
+    pub const UNSUPPORTED: &str = "unsupported_media_type";
+    pub const MEMORY_BUDGET: &str = "memory_budget";
+    pub const QUEUE_FULL: &str = "queue_full";
+    pub const SHUTTING_DOWN: &str = "shutting_down";
+    pub const NON_RETRYABLE: &str = "non_retryable";
+    pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
+    pub const SHUTDOWN: &str = "shutdown";
+}
+
+const fn default_admin_endpoint() -> &'static str {
+    "127.0.0.1:13133"
+}
+
+/// Admin endpoint and log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`. Keep it on loopback or a private
+    /// network: it has no auth.
+    #[serde(default = "admin_endpoint_default")]
+    pub admin_endpoint: String,
+    /// `text` for people, `json` for log pipelines.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// A `tracing` filter such as `info` or `otelgate=debug,info`. `RUST_LOG` wins when set.
+    #[serde(default = "log_level_default")]
+    pub log_level: String,
+}
+
+fn admin_endpoint_default() -> String {
+    default_admin_endpoint().to_owned()
+}
+
+fn log_level_default() -> String {
+    "info".to_owned()
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            admin_endpoint: admin_endpoint_default(),
+            log_format: LogFormat::default(),
+            log_level: log_level_default(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        self.admin_endpoint.parse::<SocketAddr>().map_err(|e| {
+            ConfigError::invalid("telemetry.admin_endpoint", format!("not host:port: {e}"))
+        })?;
+        EnvFilter::try_new(&self.log_level)
+            .map_err(|e| ConfigError::invalid("telemetry.log_level", e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Installs the global `tracing` subscriber. Later calls are no-ops (tests start many gateways).
+pub fn init_logging(config: &TelemetryConfig) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// The process-wide Prometheus recorder, installed on first use. Every gateway in a process
+/// shares it (the `metrics` facade has one global recorder).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Suffix("_seconds".into()),
+                &[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ],
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Suffix("_items".into()),
+                    &[1.0, 10.0, 100.0, 1000.0, 10_000.0, 100_000.0],
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Suffix("_bytes".into()),
+                    &[
+                        1024.0,
+                        16384.0,
+                        131_072.0,
+                        1_048_576.0,
+                        8_388_608.0,
+                        67_108_864.0,
+                    ],
+                )
+            })
+            .expect("bucket lists are non-empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed by an embedding program; then our
+        // handle renders nothing, which /metrics makes visible rather than hiding.
+        let _ = metrics::set_global_recorder(recorder);
+        describe_metrics();
+        handle
+    })
+}
+
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(RECEIVER_ACCEPTED_ITEMS, "Items accepted by a receiver.");
+    describe_counter!(
+        RECEIVER_ACCEPTED_REQUESTS,
+        "Requests accepted by a receiver."
+    );
+    describe_counter!(RECEIVER_REFUSED_REQUESTS, "Requests refused, by reason.");
+    describe_counter!(
+        RECEIVER_REFUSED_ITEMS,
+        "Items in refused requests, by reason."
+    );
+    describe_histogram!(
+        RECEIVER_REQUEST_BYTES,
+        Unit::Bytes,
+        "Decompressed request size."
+    );
+    describe_gauge!(
+        MEMORY_BUDGET_USED_BYTES,
+        Unit::Bytes,
+        "Request bytes in memory."
+    );
+    describe_gauge!(
+        MEMORY_BUDGET_LIMIT_BYTES,
+        Unit::Bytes,
+        "Configured memory budget."
+    );
+    describe_counter!(EXPORTER_SENT_ITEMS, "Items delivered to a backend.");
+    describe_counter!(
+        EXPORTER_FAILED_ITEMS,
+        "Items an exporter gave up on, by reason."
+    );
+    describe_counter!(
+        EXPORTER_REJECTED_ITEMS,
+        "Items a backend rejected (partial_success)."
+    );
+    describe_counter!(
+        EXPORTER_DROPPED_ITEMS,
+        "Items dropped because a queue was full."
+    );
+    describe_counter!(EXPORTER_RETRIES, "Export attempts retried.");
+    describe_gauge!(
+        EXPORTER_QUEUE_DEPTH,
+        "Requests waiting in an exporter queue."
+    );
+    describe_gauge!(
+        EXPORTER_QUEUE_BYTES,
+        Unit::Bytes,
+        "Bytes waiting in an exporter queue."
+    );
+    describe_histogram!(EXPORTER_BATCH_ITEMS, "Items per exported batch.");
+    describe_histogram!(
+        EXPORTER_BATCH_BYTES,
+        Unit::Bytes,
+        "Bytes per exported batch."
+    );
+    describe_histogram!(
+        EXPORTER_LATENCY_SECONDS,
+        Unit::Seconds,
+        "Time from a batch's first attempt to its outcome."
+    );
+}
