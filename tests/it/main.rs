@@ -1,0 +1,105 @@
+//! Integration tests: real gateways on 127.0.0.1:0 forwarding to in-process recording
+//! backends, driven by the OpenTelemetry SDK's OTLP exporters, raw gRPC and HTTP clients.
+
+mod faults;
+mod forwarding;
+mod inputs;
+mod lifecycle;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use otelgate::codec::BytesCodec;
+use otelgate::demo::backend::RecordingBackend;
+use otelgate::export::otlp::{OtlpExporterConfig, Protocol};
+use otelgate::{Config, Gateway, Signal};
+
+/// A config listening on free loopback ports, forwarding to `backends`.
+pub fn config_for(backends: &[(&str, &RecordingBackend, Protocol)]) -> Config {
+    let mut config = Config::default();
+    config.receiver.grpc_endpoint = "127.0.0.1:0".into();
+    config.receiver.http_endpoint = "127.0.0.1:0".into();
+    config.telemetry.admin_endpoint = "127.0.0.1:0".into();
+    config.pipeline.shutdown_timeout_seconds = 10;
+    for (name, backend, protocol) in backends {
+        let mut exporter = OtlpExporterConfig::new(backend.endpoint(), *protocol);
+        exporter.batch.max_wait_ms = 5;
+        exporter.retry.initial_backoff_ms = 10;
+        exporter.retry.max_backoff_ms = 100;
+        config.exporters.insert(name.to_string(), exporter);
+    }
+    config
+}
+
+/// Starts a gateway with `config`, after validating it as `otelgate run` would.
+pub async fn start(config: Config) -> Gateway {
+    config.validate().expect("test config is valid");
+    Gateway::start(config).await.expect("gateway starts")
+}
+
+/// Two backends, one per protocol, and a gateway forwarding to both.
+pub async fn gateway_with_two_backends() -> (Gateway, RecordingBackend, RecordingBackend) {
+    let grpc_backend = RecordingBackend::start().await.unwrap();
+    let http_backend = RecordingBackend::start().await.unwrap();
+    let gateway = start(config_for(&[
+        ("grpc_backend", &grpc_backend, Protocol::Grpc),
+        ("http_backend", &http_backend, Protocol::HttpProtobuf),
+    ]))
+    .await;
+    (gateway, grpc_backend, http_backend)
+}
+
+/// The sum of every sample of `name` whose labels include all of `labels`, read from `/metrics`.
+pub async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Sends a raw protobuf body over gRPC to the gateway's `Export` method of `signal`.
+pub async fn grpc_export(
+    addr: SocketAddr,
+    signal: Signal,
+    body: Bytes,
+    metadata: &[(&'static str, &str)],
+) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(body);
+    for (key, value) in metadata {
+        request.metadata_mut().insert(*key, value.parse().unwrap());
+    }
+    let path = http::uri::PathAndQuery::from_static(signal.grpc_path());
+    grpc.unary::<Bytes, Bytes, _>(request, path, BytesCodec)
+        .await
+        .map(|_| ())
+}
+
+/// Reads a fixture shipped with the repository's shared material.
+pub fn fixture(path: &str) -> Vec<u8> {
+    let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&full).unwrap_or_else(|e| panic!("cannot read {full}: {e}"))
+}
+
+pub const WAIT: Duration = Duration::from_secs(10);
