@@ -23,6 +23,8 @@ use crate::telemetry::TelemetryConfig;
 pub const ENV_PREFIX: &str = "OTELGATE_";
 /// Separator between path segments in an override variable's name.
 pub const ENV_PATH_SEPARATOR: &str = "__";
+/// Names the config file (`--config`); not an override.
+pub const ENV_CONFIG_FILE: &str = "OTELGATE_CONFIG";
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -100,6 +102,9 @@ impl Config {
         })?;
         let env: BTreeMap<String, String> = env.into_iter().collect();
         for (var, value) in &env {
+            if var == ENV_CONFIG_FILE {
+                continue;
+            }
             if let Some(path) = var.strip_prefix(ENV_PREFIX) {
                 apply_env_override(&mut table, var, path, value)?;
             }
@@ -122,6 +127,15 @@ impl Config {
         self.receiver.validate()?;
         self.pipeline.validate()?;
         self.telemetry.validate()?;
+        if self.receiver.max_request_bytes as u64 > self.pipeline.memory_budget_bytes {
+            return Err(ConfigError::invalid(
+                "receiver.max_request_bytes",
+                format!(
+                    "{} exceeds pipeline.memory_budget_bytes ({}): such requests could never be admitted",
+                    self.receiver.max_request_bytes, self.pipeline.memory_budget_bytes
+                ),
+            ));
+        }
         if self.exporters.is_empty() {
             return Err(ConfigError::invalid(
                 "exporters",
@@ -134,6 +148,21 @@ impl Config {
             exporter.validate(&format!("exporters.{name}"))?;
         }
         Ok(())
+    }
+}
+
+/// Checks a listen address is `host:port` (an IP address or a name resolved at start-up).
+pub fn validate_listen_address(key: &str, value: &str) -> Result<(), ConfigError> {
+    let ok = value
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("`{value}` is not host:port (e.g. 0.0.0.0:4317 or localhost:4317)"),
+        ))
     }
 }
 
@@ -151,8 +180,8 @@ fn validate_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Sets the value at `path` (`SECTION__KEY__...`, matched case-insensitively against the
-/// lower-case keys of the file) to `raw`. Where the file already holds a string there, `raw`
+/// Sets the value at `path` (`SECTION__KEY__...`, lower-cased, then matched exactly against the
+/// keys of the file, so `OTELGATE_EXPORTERS__LGTM__ENDPOINT` addresses `[exporters.lgtm]`) to `raw`. Where the file already holds a string there, `raw`
 /// stays a string; otherwise it is read as a TOML value (`8`, `true`, `["traces"]`) and
 /// falls back to a string.
 fn apply_env_override(
@@ -320,6 +349,8 @@ mod tests {
                     "http://127.0.0.1:5317",
                 ),
                 ("UNRELATED", "x"),
+                ("OTELGATE_CONFIG", "/etc/otelgate.toml"),
+                ("OTELGATE_TELEMETRY__ADMIN_ENDPOINT", "localhost:9000"),
             ],
         )
         .unwrap();
@@ -327,6 +358,7 @@ mod tests {
         assert_eq!(config.exporters["lgtm"].concurrency, 9);
         assert_eq!(config.exporters["lgtm"].signals, vec![crate::Signal::Logs]);
         assert_eq!(config.exporters["extra"].endpoint, "http://127.0.0.1:5317");
+        assert_eq!(config.telemetry.admin_endpoint, "localhost:9000");
     }
 
     #[test]
@@ -363,6 +395,11 @@ mod tests {
             ("[exporters.x]\nendpoint = \"http://a\"\nsignals = []\n", "exporters.x.signals"),
             ("[exporters.\"a b\"]\nendpoint = \"http://a\"\n", "exporters.a b"),
             ("", "exporters"),
+            (
+                "[receiver]\nmax_request_bytes = 2000\n[pipeline]\nmemory_budget_bytes = 1000\n[exporters.x]\nendpoint = \"http://a:1\"\n",
+                "receiver.max_request_bytes",
+            ),
+            ("[telemetry]\nadmin_endpoint = \"localhost\"\n[exporters.x]\nendpoint = \"http://a:1\"\n", "telemetry.admin_endpoint"),
         ];
         for (text, key) in cases {
             let err = load_err(text, &[]);

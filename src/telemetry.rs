@@ -2,7 +2,6 @@
 //! the gateway exports (names live here and nowhere else, so dashboards and alerts have one
 //! place to check against).
 
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -17,7 +16,8 @@ pub const RECEIVER_ACCEPTED_ITEMS: &str = "otelgate_receiver_accepted_items_tota
 pub const RECEIVER_ACCEPTED_REQUESTS: &str = "otelgate_receiver_accepted_requests_total";
 /// Requests refused by a receiver. Labels: signal, transport, reason.
 pub const RECEIVER_REFUSED_REQUESTS: &str = "otelgate_receiver_refused_requests_total";
-/// Items in requests refused after decoding (throttling). Labels: signal, transport, reason.
+/// Items in requests refused after decoding (throttling, queue full, no destination for the
+/// signal, shutting down). Labels: signal, transport, reason.
 pub const RECEIVER_REFUSED_ITEMS: &str = "otelgate_receiver_refused_items_total";
 /// Decompressed request body size in bytes. Labels: signal, transport.
 pub const RECEIVER_REQUEST_BYTES: &str = "otelgate_receiver_request_bytes";
@@ -55,6 +55,7 @@ pub mod reason {
     pub const INVALID: &str = "invalid";
     pub const TOO_LARGE: &str = "too_large";
     pub const UNSUPPORTED: &str = "unsupported_media_type";
+    pub const NO_DESTINATION: &str = "no_destination";
     pub const MEMORY_BUDGET: &str = "memory_budget";
     pub const QUEUE_FULL: &str = "queue_full";
     pub const SHUTTING_DOWN: &str = "shutting_down";
@@ -103,9 +104,7 @@ impl Default for TelemetryConfig {
 
 impl TelemetryConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        self.admin_endpoint.parse::<SocketAddr>().map_err(|e| {
-            ConfigError::invalid("telemetry.admin_endpoint", format!("not host:port: {e}"))
-        })?;
+        crate::config::validate_listen_address("telemetry.admin_endpoint", &self.admin_endpoint)?;
         EnvFilter::try_new(&self.log_level)
             .map_err(|e| ConfigError::invalid("telemetry.log_level", e.to_string()))?;
         Ok(())

@@ -74,18 +74,21 @@ async fn export(ingest: Arc<Ingest>, signal: Signal, request: Request) -> Respon
     });
     let response = grpc.unary(service, request).await;
     if !decoded.load(Ordering::Relaxed) {
-        let code = response
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok()?.parse::<i32>().ok())
-            .map(Code::from);
-        let error = match code {
-            Some(Code::ResourceExhausted | Code::OutOfRange) => IngestError::TooLarge {
-                limit: ingest.max_request_bytes(),
-            },
-            _ => IngestError::Invalid("undecodable gRPC message".into()),
-        };
-        record_refusal(signal, Transport::Grpc, &error);
+        // tonic refused the message before decoding it; restate its answer in OTLP terms
+        // (OUT_OF_RANGE would make clients retry a request that can never fit).
+        if let Some(status) = Status::from_header_map(response.headers()) {
+            let error = match status.code() {
+                Code::ResourceExhausted | Code::OutOfRange => IngestError::TooLarge {
+                    limit: ingest.max_request_bytes(),
+                },
+                Code::Unimplemented => IngestError::Unsupported(status.message().to_owned()),
+                _ => {
+                    IngestError::Invalid(format!("cannot read gRPC message: {}", status.message()))
+                }
+            };
+            record_refusal(signal, Transport::Grpc, &error);
+            return to_status(&error).into_http();
+        }
     }
     response.map(Body::new)
 }

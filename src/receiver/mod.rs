@@ -7,7 +7,6 @@ pub mod grpc;
 pub mod http;
 
 use std::io::Read;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,7 +69,8 @@ impl Default for ReceiverConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// Accepted tokens. Keep them out of the file: `["${OTELGATE_TOKEN}"]`.
+    /// Accepted tokens. Keep them out of the file: `["${GATEWAY_TOKEN}"]` (not an
+    /// `OTELGATE_*` name: those are config overrides).
     pub bearer_tokens: Vec<String>,
 }
 
@@ -88,9 +88,7 @@ impl ReceiverConfig {
             ("receiver.grpc_endpoint", &self.grpc_endpoint),
             ("receiver.http_endpoint", &self.http_endpoint),
         ] {
-            value.parse::<SocketAddr>().map_err(|e| {
-                ConfigError::invalid(key, format!("`{value}` is not host:port: {e}"))
-            })?;
+            crate::config::validate_listen_address(key, value)?;
         }
         if self.max_request_bytes == 0 {
             return Err(ConfigError::invalid(
@@ -168,7 +166,8 @@ impl IngestError {
             IngestError::Unauthenticated => reason::UNAUTHENTICATED,
             IngestError::Invalid(_) => reason::INVALID,
             IngestError::TooLarge { .. } => reason::TOO_LARGE,
-            IngestError::Unsupported(_) | IngestError::NoDestination(_) => reason::UNSUPPORTED,
+            IngestError::Unsupported(_) => reason::UNSUPPORTED,
+            IngestError::NoDestination(_) => reason::NO_DESTINATION,
             IngestError::Throttled { .. } => reason::MEMORY_BUDGET,
             IngestError::Unavailable { .. } => reason::QUEUE_FULL,
             IngestError::ShuttingDown { .. } => reason::SHUTTING_DOWN,

@@ -215,7 +215,11 @@ async fn bad_grpc_requests_get_specific_statuses_and_the_gateway_keeps_serving()
         .await
         .unwrap_err();
     assert_eq!(bomb.code(), Code::ResourceExhausted, "{bomb:?}");
-    assert!(bomb.message().contains("size limit"), "{}", bomb.message());
+    assert!(
+        bomb.message().contains("max_request_bytes"),
+        "{}",
+        bomb.message()
+    );
 
     grpc_export(addr, Signal::Traces, Bytes::from(fixture(TRACES)), &[])
         .await
@@ -310,6 +314,7 @@ async fn a_full_memory_budget_answers_with_the_otlp_throttling_responses() {
     backend.set_hanging(true);
     let mut config = config_for(&[("b", &backend, Protocol::Grpc)]);
     config.pipeline.memory_budget_bytes = 20_000;
+    config.receiver.max_request_bytes = 20_000;
     config.pipeline.retry_after_seconds = 2;
     let gateway = start(config).await;
     let body = Bytes::from(fixture(TRACES));

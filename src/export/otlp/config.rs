@@ -77,7 +77,8 @@ pub struct OtlpExporterConfig {
     pub queue: QueueConfig,
     #[serde(default)]
     pub retry: RetryConfig,
-    /// TLS settings for `https` endpoints; the system's web PKI roots are trusted by default.
+    /// TLS settings for `https` endpoints; the Mozilla root certificates
+    /// bundled with otelgate (webpki-roots) are trusted by default; the OS store is not read.
     #[serde(default)]
     pub tls: Option<ClientTlsConfig>,
 }
@@ -86,7 +87,7 @@ pub struct OtlpExporterConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientTlsConfig {
-    /// PEM file of CA certificates to trust (in addition to the web PKI roots).
+    /// PEM file of CA certificates to trust (in addition to the bundled Mozilla roots).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS; needs `key_file`.

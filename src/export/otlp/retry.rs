@@ -30,7 +30,8 @@ const fn default_multiplier() -> f64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
-    /// Off: every failure is final (counted as `retries_exhausted`).
+    /// Off: a retryable failure is final at once (counted as `retries_exhausted`;
+    /// non-retryable failures are counted as `non_retryable` either way).
     #[serde(default = "default_enabled")]
     pub enabled: bool,
     /// First delay; each retry multiplies it by `multiplier`, up to `max_backoff_ms`.
