@@ -12,6 +12,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::pipeline::{MemoryBudget, QueueStats};
+use crate::sink::timescale::SchemaInfo;
 
 /// What the admin endpoint reports on.
 #[derive(Debug)]
@@ -20,6 +21,8 @@ pub struct AdminState {
     pub ready: AtomicBool,
     pub queues: Vec<Arc<QueueStats>>,
     pub budget: MemoryBudget,
+    /// What the TimescaleDB sink found in the database, when configured.
+    pub database: Option<SchemaInfo>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -50,6 +53,10 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
         "status": if ready { "ready" } else { "not ready" },
         "exporters": exporters,
         "memory_budget": { "used_bytes": state.budget.used(), "limit_bytes": state.budget.limit() },
+        "database": state.database.as_ref().map(|d| serde_json::json!({
+            "timescaledb": d.timescaledb,
+            "warning": d.warning(),
+        })),
     });
     let status = if ready {
         StatusCode::OK

@@ -18,6 +18,7 @@ use crate::admin::AdminState;
 use crate::export::otlp::{ExportReport, OtlpClient, OtlpExporter};
 use crate::pipeline::{queue, Fanout, MemoryBudget};
 use crate::receiver::{self, Ingest};
+use crate::sink::timescale::{self as timescale, Extractor, SchemaInfo, SinkReport, TimescaleSink};
 use crate::{net, telemetry, Config};
 
 /// A running gateway.
@@ -35,6 +36,8 @@ pub struct Gateway {
     /// Fired at the shutdown deadline: exporters abandon what they still hold.
     exporters_stop: CancellationToken,
     exporters: JoinSet<ExportReport>,
+    /// The TimescaleDB sink's worker, stopped with the exporters.
+    sink: Option<JoinHandle<SinkReport>>,
     admin_stop: CancellationToken,
     admin_task: JoinHandle<()>,
 }
@@ -62,6 +65,26 @@ impl Gateway {
             fanout.add(name, &exporter.signals, tx, exporter.queue.clone());
             let worker = OtlpExporter::new(name, exporter, client, rx);
             exporters.spawn(worker.run(exporters_stop.clone()));
+        }
+        let mut sink = None;
+        let mut schema = None;
+        if let Some(config) = &config.timescale {
+            let extractor = Arc::new(Extractor::new(config).map_err(anyhow::Error::msg)?);
+            let pool = timescale::sink::pool(config)?;
+            let info = prepare_database(&pool, config, &extractor).await?;
+            if let Some(warning) = info.warning() {
+                tracing::warn!("{warning}.");
+            }
+            let signals: Vec<_> = crate::Signal::ALL
+                .into_iter()
+                .filter(|s| extractor.takes(*s))
+                .collect();
+            let (tx, rx) = queue("timescale", config.queue.capacity);
+            queues.push(tx.stats());
+            fanout.add("timescale", &signals, tx, config.queue.clone());
+            let worker = TimescaleSink::new(config, extractor, pool, rx);
+            sink = Some(tokio::spawn(worker.run(exporters_stop.clone())));
+            schema = Some(info);
         }
         let ingest = Ingest::new(
             &config.receiver,
@@ -101,6 +124,7 @@ impl Gateway {
             ready: false.into(),
             queues,
             budget,
+            database: schema,
         });
         let admin_stop = CancellationToken::new();
         let admin_task = tokio::spawn(net::serve(
@@ -127,6 +151,7 @@ impl Gateway {
             receivers,
             exporters_stop,
             exporters,
+            sink,
             admin_stop,
             admin_task,
         })
@@ -148,8 +173,8 @@ impl Gateway {
     }
 
     /// Stops in stages (see the module docs) within the configured shutdown timeout and
-    /// returns each exporter's report.
-    pub async fn shutdown(mut self) -> Vec<ExportReport> {
+    /// returns what each destination did.
+    pub async fn shutdown(mut self) -> ShutdownReport {
         let deadline = Instant::now() + self.shutdown_timeout;
         self.admin.ready.store(false, Ordering::Relaxed);
         self.receivers_stop.cancel();
@@ -183,6 +208,35 @@ impl Gateway {
                 }
             }
         }
+        let sink = match self.sink.take() {
+            None => None,
+            Some(mut handle) => {
+                let joined = match tokio::time::timeout_at(deadline, &mut handle).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        self.exporters_stop.cancel();
+                        handle.await
+                    }
+                };
+                match joined {
+                    Ok(report) => Some(report),
+                    Err(error) => {
+                        tracing::error!(%error, "The TimescaleDB sink task failed.");
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(report) = &sink {
+            tracing::info!(
+                written = report.rows_written,
+                rejected = report.rows_rejected,
+                failed = report.rows_failed,
+                undelivered_rows = report.rows_undelivered,
+                undelivered_requests = report.requests_undelivered,
+                "TimescaleDB sink stopped."
+            );
+        }
         reports.sort_by(|a, b| a.name.cmp(&b.name));
         for report in &reports {
             tracing::info!(
@@ -195,6 +249,54 @@ impl Gateway {
         }
         self.admin_stop.cancel();
         let _ = self.admin_task.await;
-        reports
+        ShutdownReport {
+            exporters: reports,
+            sink,
+        }
+    }
+}
+
+/// What each destination did, returned by [`Gateway::shutdown`].
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownReport {
+    pub exporters: Vec<ExportReport>,
+    pub sink: Option<SinkReport>,
+}
+
+impl ShutdownReport {
+    /// Items, rows and requests that could not be delivered before the deadline.
+    pub fn undelivered(&self) -> u64 {
+        self.exporters.iter().map(|r| r.undelivered).sum::<u64>()
+            + self
+                .sink
+                .as_ref()
+                .map_or(0, |s| s.rows_undelivered + s.requests_undelivered)
+    }
+}
+
+/// Migrates the database (unless disabled), or only finds out whether TimescaleDB is there.
+async fn prepare_database(
+    pool: &deadpool_postgres::Pool,
+    config: &crate::sink::timescale::TimescaleSinkConfig,
+    extractor: &Extractor,
+) -> anyhow::Result<SchemaInfo> {
+    let mut client = pool
+        .get()
+        .await
+        .context("cannot connect to PostgreSQL (timescale.url)")?;
+    if config.migrate_on_start {
+        Ok(timescale::migrate(&mut client, config, extractor.mappings()).await?)
+    } else {
+        let version = client
+            .query_typed_opt(
+                "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
+                &[],
+            )
+            .await?
+            .map(|row| row.get(0));
+        Ok(SchemaInfo {
+            timescaledb: version,
+            applied: Vec::new(),
+        })
     }
 }

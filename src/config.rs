@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::export::otlp::OtlpExporterConfig;
 use crate::pipeline::PipelineConfig;
 use crate::receiver::ReceiverConfig;
+use crate::sink::timescale::TimescaleSinkConfig;
 use crate::telemetry::TelemetryConfig;
 
 /// Prefix of environment variables that override config values.
@@ -42,6 +43,9 @@ pub struct Config {
     /// Named OTLP exporters; every accepted request goes to each one that takes its signal.
     #[serde(default)]
     pub exporters: BTreeMap<String, OtlpExporterConfig>,
+    /// The TimescaleDB row sink; off when absent.
+    #[serde(default)]
+    pub timescale: Option<TimescaleSinkConfig>,
 }
 
 /// What is wrong with a configuration. Every variant names the key or variable at fault.
@@ -136,11 +140,20 @@ impl Config {
                 ),
             ));
         }
-        if self.exporters.is_empty() {
+        if self.exporters.is_empty() && self.timescale.is_none() {
             return Err(ConfigError::invalid(
                 "exporters",
-                "no destination is configured: add at least one [exporters.<name>] section",
+                "no destination is configured: add an [exporters.<name>] or a [timescale] section",
             ));
+        }
+        if let Some(timescale) = &self.timescale {
+            timescale.validate()?;
+            if self.exporters.contains_key("timescale") {
+                return Err(ConfigError::invalid(
+                    "exporters.timescale",
+                    "the name `timescale` belongs to the row sink; rename this exporter",
+                ));
+            }
         }
         for (name, exporter) in &self.exporters {
             validate_name(name)

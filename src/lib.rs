@@ -13,6 +13,7 @@ pub mod net;
 pub mod pipeline;
 pub mod receiver;
 pub mod signal;
+pub mod sink;
 pub mod telemetry;
 
 pub use app::Gateway;

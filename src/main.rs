@@ -30,6 +30,11 @@ enum Command {
         #[arg(long, short, env = "OTELGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Apply the database migrations of the [timescale] section and exit.
+    Migrate {
+        #[arg(long, short, env = "OTELGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Start the gateway on the standard ports with two in-process backends, send realistic
     /// frame, detection and LLM telemetry through it for a few seconds and print what happened.
     Demo(demo::DemoArgs),
@@ -41,6 +46,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(config).await,
         Command::CheckConfig { config } => check_config(config),
+        Command::Migrate { config } => migrate(config).await,
         Command::Demo(args) => demo::run(args).await,
     };
     match result {
@@ -58,10 +64,32 @@ async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     let gateway = Gateway::start(config).await?;
     shutdown_signal().await;
     tracing::info!("Shutting down: no new requests; draining queues.");
-    let reports = gateway.shutdown().await;
-    let undelivered: u64 = reports.iter().map(|r| r.undelivered).sum();
+    let undelivered = gateway.shutdown().await.undelivered();
     if undelivered > 0 {
         anyhow::bail!("{undelivered} items could not be delivered before the shutdown deadline");
+    }
+    Ok(())
+}
+
+async fn migrate(path: Option<PathBuf>) -> anyhow::Result<()> {
+    use otelgate::sink::timescale::{migrate, sink::pool, Extractor};
+    let config = Config::load(path.as_deref())?;
+    telemetry::init_logging(&config.telemetry);
+    let Some(timescale) = config.timescale else {
+        anyhow::bail!("the config has no [timescale] section: nothing to migrate");
+    };
+    let extractor = Extractor::new(&timescale).map_err(anyhow::Error::msg)?;
+    let pool = pool(&timescale)?;
+    let mut client = pool.get().await?;
+    let info = migrate(&mut client, &timescale, extractor.mappings()).await?;
+    match &info.timescaledb {
+        Some(version) => println!("TimescaleDB {version}"),
+        None => println!("warning: {}", info.warning().unwrap_or_default()),
+    }
+    if info.applied.is_empty() {
+        println!("schema is up to date");
+    } else {
+        println!("applied: {}", info.applied.join(", "));
     }
     Ok(())
 }

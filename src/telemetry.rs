@@ -238,3 +238,21 @@ fn describe_metrics() {
         "Time from a batch's first attempt to its outcome."
     );
 }
+
+/// Rows committed by the TimescaleDB sink. Labels: table.
+pub const SINK_ROWS: &str = "otelgate_sink_rows_total";
+/// Records or rows kept in `otelgate_rejected_rows` instead. Labels: table, reason
+/// (`conversion`: the record could not be converted; `database`: PostgreSQL refused the row).
+pub const SINK_REJECTED_ROWS: &str = "otelgate_sink_rejected_rows_total";
+/// Rows given up on. Labels: table, reason (`retries_exhausted`, `permanent`, `shutdown`).
+pub const SINK_FAILED_ROWS: &str = "otelgate_sink_failed_rows_total";
+/// Batch writes retried after a transient failure. Labels: table.
+pub const SINK_RETRIES: &str = "otelgate_sink_retries_total";
+/// Retried batches found already committed in the ledger (so not written twice). Labels: table.
+pub const SINK_LEDGER_SKIPS: &str = "otelgate_sink_ledger_skips_total";
+/// Rows per COPY batch. Labels: table.
+pub const SINK_BATCH_ROWS: &str = "otelgate_sink_batch_rows";
+/// Seconds of one COPY transaction (BEGIN to COMMIT). Labels: table.
+pub const SINK_COPY_SECONDS: &str = "otelgate_sink_copy_seconds";
+/// Seconds from the receiver accepting the oldest request of a batch to its commit. Labels: table.
+pub const SINK_RECEIVE_TO_COMMIT_SECONDS: &str = "otelgate_sink_receive_to_commit_seconds";

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod generator;
+pub mod postgres;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -184,7 +185,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         fmt_ms(percentile(&tally.latencies, 0.99)),
         fmt_ms(tally.latencies.last().copied()),
     );
-    for report in &reports {
+    for report in &reports.exporters {
         println!(
             "  exporter {:<8} delivered {} items, failed {}, undelivered {}",
             report.name, report.delivered, report.failed, report.undelivered

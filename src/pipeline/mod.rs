@@ -28,6 +28,8 @@ pub struct Payload {
     pub body: Bytes,
     /// Spans, metric data points or log records in `body`.
     pub items: u64,
+    /// When the receiver accepted it, for receive-to-commit latency.
+    pub received: std::time::Instant,
     /// Holds `body.len()` bytes of the memory budget until the last destination is done.
     _permit: BudgetPermit,
 }
@@ -38,6 +40,7 @@ impl Payload {
             signal,
             body,
             items,
+            received: std::time::Instant::now(),
             _permit: permit,
         }
     }

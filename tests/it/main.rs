@@ -5,6 +5,7 @@ mod faults;
 mod forwarding;
 mod inputs;
 mod lifecycle;
+mod timescale;
 
 use std::net::SocketAddr;
 use std::time::Duration;

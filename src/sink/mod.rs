@@ -1,0 +1,3 @@
+//! Destinations that turn telemetry into rows.
+
+pub mod timescale;

@@ -1,0 +1,131 @@
+//! Configuration of the TimescaleDB sink.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::mapping::MappingConfig;
+use crate::config::ConfigError;
+use crate::pipeline::QueueConfig;
+
+const fn default_pool_size() -> usize {
+    4
+}
+
+const fn default_max_rows() -> usize {
+    10_000
+}
+
+const fn default_max_wait_ms() -> u64 {
+    5
+}
+
+const fn default_true() -> bool {
+    true
+}
+
+const fn default_retention_days() -> u32 {
+    30
+}
+
+const fn default_max_elapsed_ms() -> u64 {
+    300_000
+}
+
+const fn default_ledger_retention_hours() -> u64 {
+    24
+}
+
+/// Price of a model, in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LlmPrice {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+}
+
+/// Where and how rows are written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimescaleSinkConfig {
+    /// libpq-style connection string or URL, e.g. `postgres://otelgate:${PGPASSWORD}@db:5432/telemetry`.
+    /// Works through PgBouncer in transaction pooling mode.
+    pub url: String,
+    /// Connections, and so COPY batches in flight at once.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Rows per COPY batch (per table).
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+    /// A batch is written at the latest this long after its first row arrived.
+    #[serde(default = "default_max_wait_ms")]
+    pub max_wait_ms: u64,
+    /// Apply the SQL migrations at start-up (otherwise run `otelgate migrate`).
+    #[serde(default = "default_true")]
+    pub migrate_on_start: bool,
+    /// Include the built-in `frame_metadata`, `detection_events` and `llm_requests` mappings.
+    #[serde(default = "default_true")]
+    pub builtin_mappings: bool,
+    /// With TimescaleDB, rows older than this are dropped by a retention policy (0 disables).
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// A batch still failing this long after its first attempt (database down) is given up
+    /// and counted as failed.
+    #[serde(default = "default_max_elapsed_ms")]
+    pub max_elapsed_ms: u64,
+    /// Ledger rows (one per committed batch) are pruned after this many hours.
+    #[serde(default = "default_ledger_retention_hours")]
+    pub ledger_retention_hours: u64,
+    /// Prices used for `llm_requests.cost_usd`, keyed by model name (response model first,
+    /// then request model).
+    #[serde(default)]
+    pub llm_prices: BTreeMap<String, LlmPrice>,
+    /// User-defined mappings, in addition to the built-in ones.
+    #[serde(default)]
+    pub mappings: Vec<MappingConfig>,
+    #[serde(default)]
+    pub queue: QueueConfig,
+}
+
+impl TimescaleSinkConfig {
+    /// A config with defaults for everything but the connection string.
+    pub fn new(url: impl Into<String>) -> Self {
+        TimescaleSinkConfig {
+            url: url.into(),
+            pool_size: default_pool_size(),
+            max_rows: default_max_rows(),
+            max_wait_ms: default_max_wait_ms(),
+            migrate_on_start: true,
+            builtin_mappings: true,
+            retention_days: default_retention_days(),
+            max_elapsed_ms: default_max_elapsed_ms(),
+            ledger_retention_hours: default_ledger_retention_hours(),
+            llm_prices: BTreeMap::new(),
+            mappings: Vec::new(),
+            queue: QueueConfig::default(),
+        }
+    }
+
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms)
+    }
+
+    pub fn max_elapsed(&self) -> Duration {
+        Duration::from_millis(self.max_elapsed_ms)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        self.url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| ConfigError::invalid("timescale.url", e.to_string()))?;
+        if self.pool_size == 0 || self.max_rows == 0 {
+            return Err(ConfigError::invalid(
+                "timescale",
+                "pool_size and max_rows must be at least 1",
+            ));
+        }
+        super::mapping::compile(self).map_err(|e| ConfigError::invalid("timescale.mappings", e))?;
+        Ok(())
+    }
+}

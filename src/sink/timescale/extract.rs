@@ -1,0 +1,540 @@
+//! OTLP records to rows: walks a request, offers every span, span event and log record to
+//! the mappings that select its kind, and converts the selected ones to typed cells.
+//! A record that cannot be converted becomes a rejected row (table, reason, record as JSON)
+//! instead of stopping the others.
+
+use std::collections::BTreeMap;
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::trace::v1::{span, status, Span};
+use prost::Message;
+use serde_json::Value;
+
+use super::config::{LlmPrice, TimescaleSinkConfig};
+use super::copy::{hex, Cell};
+use super::mapping::{self, ColumnType, Field, Mapping, RecordKind, Source};
+use crate::Signal;
+
+/// A record that could not become a row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub table: String,
+    pub reason: String,
+    pub record: Value,
+}
+
+/// Rows extracted from requests, per mapping, plus the rejections.
+#[derive(Debug, Default)]
+pub struct RowBatch {
+    /// `rows[i]` belongs to mapping `i`; each row has the standard columns then the mapping's.
+    pub rows: Vec<Vec<Vec<Cell>>>,
+    pub rejected: Vec<Rejected>,
+}
+
+impl RowBatch {
+    pub fn row_count(&self) -> usize {
+        self.rows.iter().map(Vec::len).sum()
+    }
+}
+
+/// Converts OTLP requests to rows with a fixed set of mappings.
+#[derive(Debug, Clone)]
+pub struct Extractor {
+    mappings: Vec<Mapping>,
+    prices: BTreeMap<String, LlmPrice>,
+}
+
+/// One record, with what its mappings may read around it.
+struct Record<'a> {
+    kind: RecordKind,
+    resource: &'a [KeyValue],
+    scope_name: &'a str,
+    span: Option<&'a Span>,
+    event: Option<&'a span::Event>,
+    log: Option<&'a LogRecord>,
+}
+
+fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .filter(|v| v.value.is_some())
+}
+
+impl Record<'_> {
+    fn attributes(&self) -> &[KeyValue] {
+        match (self.kind, self.span, self.event, self.log) {
+            (RecordKind::SpanEvent, _, Some(event), _) => &event.attributes,
+            (RecordKind::Span, Some(span), _, _) => &span.attributes,
+            (RecordKind::Log, _, _, Some(log)) => &log.attributes,
+            _ => &[],
+        }
+    }
+
+    fn name(&self) -> &str {
+        match (self.kind, self.span, self.event, self.log) {
+            (RecordKind::SpanEvent, _, Some(event), _) => &event.name,
+            (RecordKind::Span, Some(span), _, _) => &span.name,
+            (RecordKind::Log, _, _, Some(log)) if !log.event_name.is_empty() => &log.event_name,
+            (RecordKind::Log, _, _, Some(log)) => match find(&log.attributes, "event.name") {
+                Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(s)),
+                }) => s,
+                _ => "",
+            },
+            _ => "",
+        }
+    }
+
+    /// Nanoseconds since the Unix epoch of the record.
+    fn time(&self) -> i64 {
+        let nanos = match (self.kind, self.span, self.event, self.log) {
+            (RecordKind::SpanEvent, _, Some(event), _) => event.time_unix_nano,
+            (RecordKind::Span, Some(span), _, _) => span.start_time_unix_nano,
+            (RecordKind::Log, _, _, Some(log)) if log.time_unix_nano != 0 => log.time_unix_nano,
+            (RecordKind::Log, _, _, Some(log)) => log.observed_time_unix_nano,
+            _ => 0,
+        };
+        nanos.min(i64::MAX as u64) as i64
+    }
+
+    fn trace_id(&self) -> Option<&[u8]> {
+        let id = self
+            .span
+            .map(|s| &s.trace_id[..])
+            .or(self.log.map(|l| &l.trace_id[..]))?;
+        (!id.is_empty()).then_some(id)
+    }
+
+    fn span_id(&self) -> Option<&[u8]> {
+        let id = self
+            .span
+            .map(|s| &s.span_id[..])
+            .or(self.log.map(|l| &l.span_id[..]))?;
+        (!id.is_empty()).then_some(id)
+    }
+
+    fn service_name(&self) -> Option<&str> {
+        match find(self.resource, "service.name") {
+            Some(AnyValue {
+                value: Some(any_value::Value::StringValue(s)),
+            }) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn field(&self, field: Field) -> Option<Cell> {
+        let span = self.span;
+        let text = |s: &str| (!s.is_empty()).then(|| Cell::Text(s.to_owned()));
+        match field {
+            Field::Time => Some(Cell::Timestamp(self.time())),
+            Field::EndTime => {
+                span.map(|s| Cell::Timestamp(s.end_time_unix_nano.min(i64::MAX as u64) as i64))
+            }
+            Field::DurationMs => span.map(|s| {
+                Cell::Float8(
+                    s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano) as f64 / 1e6,
+                )
+            }),
+            Field::TraceId => self.trace_id().map(|id| Cell::Bytea(id.to_vec())),
+            Field::SpanId => self.span_id().map(|id| Cell::Bytea(id.to_vec())),
+            Field::ParentSpanId => span
+                .filter(|s| !s.parent_span_id.is_empty())
+                .map(|s| Cell::Bytea(s.parent_span_id.clone())),
+            Field::Name => text(self.name()),
+            Field::Kind => span.map(|s| {
+                Cell::Text(
+                    span::SpanKind::try_from(s.kind)
+                        .map_or("unspecified", |k| k.as_str_name())
+                        .to_owned(),
+                )
+            }),
+            Field::Status => span.map(|s| {
+                let code = s.status.as_ref().map_or(0, |st| st.code);
+                Cell::Text(
+                    match status::StatusCode::try_from(code) {
+                        Ok(status::StatusCode::Ok) => "ok",
+                        Ok(status::StatusCode::Error) => "error",
+                        _ => "unset",
+                    }
+                    .to_owned(),
+                )
+            }),
+            Field::StatusMessage => span
+                .and_then(|s| s.status.as_ref())
+                .and_then(|st| text(&st.message)),
+            Field::StatusError => span.and_then(|s| s.status.as_ref()).and_then(|st| {
+                (st.code == status::StatusCode::Error as i32).then(|| {
+                    Cell::Text(if st.message.is_empty() {
+                        "error".into()
+                    } else {
+                        st.message.clone()
+                    })
+                })
+            }),
+            Field::SeverityNumber => self
+                .log
+                .filter(|l| l.severity_number != 0)
+                .map(|l| Cell::Int8(l.severity_number.into())),
+            Field::SeverityText => self.log.and_then(|l| text(&l.severity_text)),
+            Field::Body => self
+                .log
+                .and_then(|l| l.body.as_ref())
+                .map(|b| match &b.value {
+                    Some(any_value::Value::StringValue(s)) => Cell::Text(s.clone()),
+                    _ => Cell::Json(any_to_json(b)),
+                }),
+            Field::ServiceName => self.service_name().map(|s| Cell::Text(s.to_owned())),
+            Field::ScopeName => text(self.scope_name),
+        }
+    }
+
+    fn source(&self, source: &Source, prices: &BTreeMap<String, LlmPrice>) -> Option<Raw<'_>> {
+        match source {
+            Source::Attribute(key) => find(self.attributes(), key).map(Raw::Any),
+            Source::Span(key) => self
+                .span
+                .and_then(|s| find(&s.attributes, key))
+                .map(Raw::Any),
+            Source::Resource(key) => find(self.resource, key).map(Raw::Any),
+            Source::Field(field) => self.field(*field).map(Raw::Cell),
+            Source::CostUsd => self.cost_usd(prices).map(|c| Raw::Cell(Cell::Float8(c))),
+        }
+    }
+
+    /// Cost from the price table: response model first, then request model.
+    fn cost_usd(&self, prices: &BTreeMap<String, LlmPrice>) -> Option<f64> {
+        let attributes = self.attributes();
+        let string = |key| match find(attributes, key) {
+            Some(AnyValue {
+                value: Some(any_value::Value::StringValue(s)),
+            }) => Some(s.as_str()),
+            _ => None,
+        };
+        let tokens = |keys: [&str; 2]| {
+            keys.iter()
+                .find_map(|k| match find(attributes, k)?.value.as_ref()? {
+                    any_value::Value::IntValue(i) => Some(*i as f64),
+                    any_value::Value::DoubleValue(d) => Some(*d),
+                    _ => None,
+                })
+        };
+        let price = ["gen_ai.response.model", "gen_ai.request.model"]
+            .into_iter()
+            .find_map(|k| prices.get(string(k)?))?;
+        let input =
+            tokens(["gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens"]).unwrap_or(0.0);
+        let output = tokens([
+            "gen_ai.usage.output_tokens",
+            "gen_ai.usage.completion_tokens",
+        ])
+        .unwrap_or(0.0);
+        Some((input * price.input_per_million + output * price.output_per_million) / 1e6)
+    }
+
+    fn to_json(&self) -> Value {
+        let attributes: serde_json::Map<String, Value> = self
+            .attributes()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key.clone(),
+                    kv.value.as_ref().map_or(Value::Null, any_to_json),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "kind": format!("{:?}", self.kind),
+            "name": self.name(),
+            "time_unix_nano": self.time(),
+            "trace_id": self.trace_id().map(hex),
+            "span_id": self.span_id().map(hex),
+            "service_name": self.service_name(),
+            "attributes": attributes,
+        })
+    }
+}
+
+/// A source's value before conversion to the column type.
+enum Raw<'a> {
+    Any(&'a AnyValue),
+    Cell(Cell),
+}
+
+/// AnyValue as JSON (bytes as hex; non-finite doubles as null).
+pub fn any_to_json(value: &AnyValue) -> Value {
+    match &value.value {
+        None => Value::Null,
+        Some(any_value::Value::StringValue(s)) => Value::String(s.clone()),
+        Some(any_value::Value::BoolValue(b)) => Value::Bool(*b),
+        Some(any_value::Value::IntValue(i)) => Value::from(*i),
+        Some(any_value::Value::DoubleValue(d)) => {
+            serde_json::Number::from_f64(*d).map_or(Value::Null, Value::Number)
+        }
+        Some(any_value::Value::BytesValue(b)) => Value::String(hex(b)),
+        Some(any_value::Value::ArrayValue(a)) => {
+            Value::Array(a.values.iter().map(any_to_json).collect())
+        }
+        Some(any_value::Value::KvlistValue(kv)) => Value::Object(
+            kv.values
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.key.clone(),
+                        kv.value.as_ref().map_or(Value::Null, any_to_json),
+                    )
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Converts a value to a column type, or says why not.
+fn convert(raw: Raw<'_>, ty: ColumnType) -> Result<Cell, String> {
+    use any_value::Value as V;
+    let any = match raw {
+        Raw::Cell(cell) => {
+            return match (cell, ty) {
+                (cell, ty) if cell.fits(ty) => Ok(cell),
+                (Cell::Int8(i), ColumnType::Float8) => Ok(Cell::Float8(i as f64)),
+                (Cell::Text(s), ColumnType::Jsonb) => Ok(Cell::Json(Value::String(s))),
+                (Cell::Bytea(b), ColumnType::Text) => Ok(Cell::Text(hex(&b))),
+                (cell, ty) => Err(format!("cannot store {cell:?} as {}", ty.sql())),
+            };
+        }
+        Raw::Any(any) => any,
+    };
+    let value = any.value.as_ref().expect("find() skips empty values");
+    let mismatch = || format!("cannot store {} as {}", any_to_json(any), ty.sql());
+    let cell = match (ty, value) {
+        (ColumnType::Text, V::StringValue(s)) => Cell::Text(s.clone()),
+        (ColumnType::Text, V::IntValue(i)) => Cell::Text(i.to_string()),
+        (ColumnType::Text, V::DoubleValue(d)) => Cell::Text(d.to_string()),
+        (ColumnType::Text, V::BoolValue(b)) => Cell::Text(b.to_string()),
+        (ColumnType::Text, _) => Cell::Text(any_to_json(any).to_string()),
+        (ColumnType::Int8, V::IntValue(i)) => Cell::Int8(*i),
+        (ColumnType::Int8, V::DoubleValue(d)) if d.fract() == 0.0 && d.abs() < 9.0e18 => {
+            Cell::Int8(*d as i64)
+        }
+        (ColumnType::Int8, V::StringValue(s)) => {
+            Cell::Int8(s.trim().parse().map_err(|_| mismatch())?)
+        }
+        (ColumnType::Float8, V::DoubleValue(d)) => Cell::Float8(*d),
+        (ColumnType::Float8, V::IntValue(i)) => Cell::Float8(*i as f64),
+        (ColumnType::Float8, V::StringValue(s)) => {
+            Cell::Float8(s.trim().parse().map_err(|_| mismatch())?)
+        }
+        (ColumnType::Bool, V::BoolValue(b)) => Cell::Bool(*b),
+        (ColumnType::Bool, V::StringValue(s)) => Cell::Bool(s.parse().map_err(|_| mismatch())?),
+        (ColumnType::Timestamptz, V::IntValue(ns)) => Cell::Timestamp(*ns),
+        (ColumnType::Uuid, V::StringValue(s)) => {
+            Cell::Uuid(*uuid::Uuid::parse_str(s).map_err(|_| mismatch())?.as_bytes())
+        }
+        (ColumnType::Uuid, V::BytesValue(b)) => {
+            Cell::Uuid(<[u8; 16]>::try_from(&b[..]).map_err(|_| mismatch())?)
+        }
+        (ColumnType::Jsonb, _) => Cell::Json(any_to_json(any)),
+        (ColumnType::Bytea, V::BytesValue(b)) => Cell::Bytea(b.clone()),
+        (ColumnType::Bytea, V::StringValue(s)) => Cell::Bytea(s.as_bytes().to_vec()),
+        _ => return Err(mismatch()),
+    };
+    if let Cell::Text(s) = &cell {
+        if s.contains('\0') {
+            return Err("text contains a NUL byte, which PostgreSQL cannot store".into());
+        }
+    }
+    Ok(cell)
+}
+
+impl Extractor {
+    pub fn new(config: &TimescaleSinkConfig) -> Result<Self, String> {
+        Ok(Extractor {
+            mappings: mapping::compile(config)?,
+            prices: config.llm_prices.clone(),
+        })
+    }
+
+    pub fn mappings(&self) -> &[Mapping] {
+        &self.mappings
+    }
+
+    /// An empty batch shaped for these mappings.
+    pub fn batch(&self) -> RowBatch {
+        RowBatch {
+            rows: vec![Vec::new(); self.mappings.len()],
+            rejected: Vec::new(),
+        }
+    }
+
+    /// Whether any mapping reads `signal` (metrics never map to rows today).
+    pub fn takes(&self, signal: Signal) -> bool {
+        self.mappings.iter().any(|m| match m.record {
+            RecordKind::Span | RecordKind::SpanEvent => signal == Signal::Traces,
+            RecordKind::Log => signal == Signal::Logs,
+        })
+    }
+
+    /// Extracts the rows of one protobuf `Export*ServiceRequest` into `out`.
+    pub fn extract(
+        &self,
+        signal: Signal,
+        body: &[u8],
+        out: &mut RowBatch,
+    ) -> Result<(), prost::DecodeError> {
+        match signal {
+            Signal::Traces => {
+                let request = ExportTraceServiceRequest::decode(body)?;
+                for resource_spans in &request.resource_spans {
+                    let resource = resource_spans
+                        .resource
+                        .as_ref()
+                        .map_or(&[][..], |r| &r.attributes);
+                    for scope_spans in &resource_spans.scope_spans {
+                        let scope_name = scope_spans.scope.as_ref().map_or("", |s| &s.name);
+                        for span in &scope_spans.spans {
+                            let record = Record {
+                                kind: RecordKind::Span,
+                                resource,
+                                scope_name,
+                                span: Some(span),
+                                event: None,
+                                log: None,
+                            };
+                            self.offer(&record, out);
+                            for event in &span.events {
+                                let record = Record {
+                                    kind: RecordKind::SpanEvent,
+                                    event: Some(event),
+                                    ..record
+                                };
+                                self.offer(&record, out);
+                            }
+                        }
+                    }
+                }
+            }
+            Signal::Logs => {
+                let request = ExportLogsServiceRequest::decode(body)?;
+                for resource_logs in &request.resource_logs {
+                    let resource = resource_logs
+                        .resource
+                        .as_ref()
+                        .map_or(&[][..], |r| &r.attributes);
+                    for scope_logs in &resource_logs.scope_logs {
+                        let scope_name = scope_logs.scope.as_ref().map_or("", |s| &s.name);
+                        for log in &scope_logs.log_records {
+                            let record = Record {
+                                kind: RecordKind::Log,
+                                resource,
+                                scope_name,
+                                span: None,
+                                event: None,
+                                log: Some(log),
+                            };
+                            self.offer(&record, out);
+                        }
+                    }
+                }
+            }
+            Signal::Metrics => {}
+        }
+        Ok(())
+    }
+
+    fn offer(&self, record: &Record<'_>, out: &mut RowBatch) {
+        for (index, mapping) in self.mappings.iter().enumerate() {
+            if mapping.record != record.kind || !selects(mapping, record) {
+                continue;
+            }
+            match self.row(mapping, record) {
+                Ok(row) => out.rows[index].push(row),
+                Err(reason) => out.rejected.push(Rejected {
+                    table: mapping.table.clone(),
+                    reason,
+                    record: record.to_json(),
+                }),
+            }
+        }
+    }
+
+    fn row(&self, mapping: &Mapping, record: &Record<'_>) -> Result<Vec<Cell>, String> {
+        let mut row = Vec::with_capacity(5 + mapping.columns.len());
+        row.push(Cell::Timestamp(record.time()));
+        row.push(
+            record
+                .trace_id()
+                .map_or(Cell::Null, |id| Cell::Bytea(id.to_vec())),
+        );
+        row.push(
+            record
+                .span_id()
+                .map_or(Cell::Null, |id| Cell::Bytea(id.to_vec())),
+        );
+        row.push(
+            record
+                .service_name()
+                .map_or(Cell::Null, |s| Cell::Text(s.to_owned())),
+        );
+        let rest: serde_json::Map<String, Value> = record
+            .attributes()
+            .iter()
+            .filter(|kv| !mapping.consumed.contains(&kv.key))
+            .map(|kv| {
+                (
+                    kv.key.clone(),
+                    kv.value.as_ref().map_or(Value::Null, any_to_json),
+                )
+            })
+            .collect();
+        row.push(Cell::Json(Value::Object(rest)));
+        for column in &mapping.columns {
+            let raw = column
+                .sources
+                .iter()
+                .find_map(|s| record.source(s, &self.prices));
+            let cell = match raw {
+                Some(raw) => {
+                    convert(raw, column.ty).map_err(|e| format!("column {}: {e}", column.name))?
+                }
+                None if column.required => {
+                    return Err(format!("column {}: required value missing", column.name))
+                }
+                None => Cell::Null,
+            };
+            row.push(cell);
+        }
+        Ok(row)
+    }
+}
+
+fn selects(mapping: &Mapping, record: &Record<'_>) -> bool {
+    if mapping
+        .name
+        .as_deref()
+        .is_some_and(|name| name != record.name())
+    {
+        return false;
+    }
+    let attributes = record.attributes();
+    if !mapping.has_any.is_empty()
+        && !mapping
+            .has_any
+            .iter()
+            .any(|k| find(attributes, k).is_some())
+    {
+        return false;
+    }
+    mapping.where_equal.iter().all(|(key, expected)| {
+        match find(attributes, key).and_then(|v| v.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) => s == expected,
+            Some(any_value::Value::IntValue(i)) => i.to_string() == *expected,
+            Some(any_value::Value::BoolValue(b)) => b.to_string() == *expected,
+            Some(any_value::Value::DoubleValue(d)) => d.to_string() == *expected,
+            _ => false,
+        }
+    })
+}

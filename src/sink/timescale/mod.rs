@@ -1,0 +1,20 @@
+//! The TimescaleDB row sink: one more destination of the fan-out, with its own queue. It
+//! selects the records that describe the users' domain (frames, detections, LLM calls, and
+//! whatever user mappings name), converts them to typed rows, and writes them with binary
+//! COPY, exactly once per batch (a ledger row commits in the same transaction as the COPY).
+
+mod config;
+mod copy;
+mod error;
+mod extract;
+mod mapping;
+mod schema;
+pub mod sink;
+
+pub use config::{LlmPrice, TimescaleSinkConfig};
+pub use copy::{encode_copy, Cell};
+pub use error::TimescaleSinkError;
+pub use extract::{Extractor, RowBatch};
+pub use mapping::{ColumnType, Mapping, MappingConfig, RecordKind};
+pub use schema::{migrate, SchemaInfo};
+pub use sink::{SinkReport, TimescaleSink};

@@ -1,0 +1,533 @@
+//! The sink's worker: reads its queue, extracts rows, batches them per mapping, and writes
+//! each batch in one transaction: COPY, then a ledger row with the batch's id. A batch retried
+//! after an unknown outcome (connection lost around COMMIT) first looks for its id in the
+//! ledger and is skipped when found, so each row is committed once. Rows PostgreSQL refuses
+//! are isolated by splitting the batch and kept in `otelgate_rejected_rows`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures_util::SinkExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_postgres::types::Type;
+use tokio_util::sync::CancellationToken;
+
+use super::config::TimescaleSinkConfig;
+use super::copy::{encode_copy, Cell};
+use super::error::{Failure, TimescaleSinkError};
+use super::extract::{Extractor, RowBatch};
+use super::mapping::STANDARD_COLUMNS;
+use crate::export::otlp::{Backoff, RetryConfig};
+use crate::pipeline::{Payload, QueueReceiver};
+use crate::telemetry::{self, reason};
+
+/// What the sink did over its life.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkReport {
+    pub rows_written: u64,
+    pub rows_rejected: u64,
+    pub rows_failed: u64,
+    /// Rows and requests still held when a forced shutdown stopped the sink (rows of queued
+    /// requests are not extracted, so requests are counted for those).
+    pub rows_undelivered: u64,
+    pub requests_undelivered: u64,
+}
+
+/// A table and the columns one mapping writes.
+#[derive(Debug)]
+struct Target {
+    table: String,
+    copy_sql: String,
+}
+
+impl Target {
+    fn new(table: &str, columns: &[&str]) -> Self {
+        let columns: Vec<String> = columns.iter().map(|c| format!("\"{c}\"")).collect();
+        Target {
+            table: table.to_owned(),
+            copy_sql: format!(
+                "COPY \"{table}\" ({}) FROM STDIN (FORMAT binary)",
+                columns.join(", ")
+            ),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    written: AtomicU64,
+    rejected: AtomicU64,
+    failed: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+/// Rows waiting to be written to one target.
+#[derive(Default)]
+struct Pending {
+    rows: Vec<Vec<Cell>>,
+    /// The requests these rows came from: they hold their memory budget until written.
+    payloads: Vec<Arc<Payload>>,
+    oldest: Option<std::time::Instant>,
+    deadline: Option<Instant>,
+}
+
+/// The TimescaleDB destination.
+pub struct TimescaleSink {
+    extractor: Arc<Extractor>,
+    queue: QueueReceiver,
+    writer: Arc<Writer>,
+    targets: Vec<Arc<Target>>,
+    max_rows: usize,
+    max_wait: Duration,
+    pool_size: usize,
+    ledger_retention_hours: u64,
+}
+
+/// Builds the connection pool for `config.url`. Connections are made on first use.
+pub fn pool(config: &TimescaleSinkConfig) -> Result<Pool, TimescaleSinkError> {
+    let pg: tokio_postgres::Config = config.url.parse().map_err(|e: tokio_postgres::Error| {
+        TimescaleSinkError::Setup(format!("timescale.url: {e}"))
+    })?;
+    let manager = Manager::from_config(
+        pg,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| TimescaleSinkError::Setup(e.to_string()))
+}
+
+impl TimescaleSink {
+    pub fn new(
+        config: &TimescaleSinkConfig,
+        extractor: Arc<Extractor>,
+        pool: Pool,
+        queue: QueueReceiver,
+    ) -> Self {
+        let targets = extractor
+            .mappings()
+            .iter()
+            .map(|m| {
+                let mut columns: Vec<&str> = STANDARD_COLUMNS.iter().map(|(n, _)| *n).collect();
+                columns.extend(m.columns.iter().map(|c| c.name.as_str()));
+                Arc::new(Target::new(&m.table, &columns))
+            })
+            .collect();
+        TimescaleSink {
+            extractor,
+            queue,
+            writer: Arc::new(Writer {
+                pool,
+                tally: Tally::default(),
+                max_elapsed: config.max_elapsed(),
+                rejected: Target::new(
+                    "otelgate_rejected_rows",
+                    &["time", "table_name", "reason", "record"],
+                ),
+            }),
+            targets,
+            max_rows: config.max_rows,
+            max_wait: config.max_wait(),
+            pool_size: config.pool_size,
+            ledger_retention_hours: config.ledger_retention_hours,
+        }
+    }
+
+    /// Runs until the queue is closed and drained (graceful) or `stop` fires (forced).
+    pub async fn run(mut self, stop: CancellationToken) -> SinkReport {
+        let slots = Arc::new(Semaphore::new(self.pool_size));
+        let mut tasks = JoinSet::new();
+        let mut pending: Vec<Pending> = self.targets.iter().map(|_| Pending::default()).collect();
+        let mut rejected_pending: Vec<Vec<Cell>> = Vec::new();
+        let mut scratch = self.extractor.batch();
+        let mut prune = tokio::time::interval(Duration::from_secs(600));
+        let mut requests_undelivered = 0;
+        loop {
+            let next_deadline = pending.iter().filter_map(|p| p.deadline).min();
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                received = self.queue.recv() => {
+                    let Some(payload) = received else { break };
+                    self.extract(&payload, &mut scratch);
+                    for (index, rows) in scratch.rows.iter_mut().enumerate() {
+                        if rows.is_empty() {
+                            continue;
+                        }
+                        let slot = &mut pending[index];
+                        slot.rows.append(rows);
+                        slot.payloads.push(payload.clone());
+                        slot.oldest.get_or_insert(payload.received);
+                        slot.deadline.get_or_insert_with(|| Instant::now() + self.max_wait);
+                    }
+                    for rejected in scratch.rejected.drain(..) {
+                        metrics::counter!(telemetry::SINK_REJECTED_ROWS, "table" => rejected.table.clone(), "reason" => "conversion").increment(1);
+                        tracing::debug!(table = %rejected.table, reason = %rejected.reason, "Record rejected.");
+                        rejected_pending.push(vec![
+                            Cell::Timestamp(now_nanos()),
+                            Cell::Text(rejected.table),
+                            Cell::Text(rejected.reason),
+                            Cell::Json(rejected.record),
+                        ]);
+                    }
+                    let full: Vec<usize> = (0..pending.len()).filter(|&i| pending[i].rows.len() >= self.max_rows).collect();
+                    for index in full {
+                        if !self.launch(index, &mut pending, &slots, &mut tasks, &stop).await {
+                            break;
+                        }
+                    }
+                }
+                () = sleep_until(next_deadline), if next_deadline.is_some() => {
+                    let now = Instant::now();
+                    let due: Vec<usize> = (0..pending.len()).filter(|&i| pending[i].deadline.is_some_and(|d| d <= now)).collect();
+                    for index in due {
+                        if !self.launch(index, &mut pending, &slots, &mut tasks, &stop).await {
+                            break;
+                        }
+                    }
+                }
+                _ = prune.tick() => {
+                    let writer = self.writer.clone();
+                    let hours = self.ledger_retention_hours;
+                    tasks.spawn(async move { writer.prune_ledger(hours).await });
+                }
+            }
+            if !rejected_pending.is_empty() {
+                let rows = std::mem::take(&mut rejected_pending);
+                let writer = self.writer.clone();
+                tasks.spawn(async move { writer.write_rejected(rows).await });
+            }
+        }
+        if !stop.is_cancelled() {
+            for index in 0..pending.len() {
+                if !pending[index].rows.is_empty()
+                    && !self
+                        .launch(index, &mut pending, &slots, &mut tasks, &stop)
+                        .await
+                {
+                    break;
+                }
+            }
+            tokio::select! {
+                () = async { while tasks.join_next().await.is_some() {} } => {}
+                () = stop.cancelled() => {}
+            }
+        }
+        tasks.shutdown().await;
+        let mut rows_undelivered = self.writer.tally.in_flight.load(Ordering::Relaxed);
+        for (slot, target) in pending.iter().zip(&self.targets) {
+            if !slot.rows.is_empty() {
+                rows_undelivered += slot.rows.len() as u64;
+                metrics::counter!(telemetry::SINK_FAILED_ROWS, "table" => target.table.clone(), "reason" => reason::SHUTDOWN).increment(slot.rows.len() as u64);
+            }
+        }
+        requests_undelivered += self.queue.drain_now().len() as u64;
+        if rows_undelivered + requests_undelivered > 0 {
+            tracing::error!(
+                rows = rows_undelivered,
+                requests = requests_undelivered,
+                "Shutdown deadline reached; rows were not written."
+            );
+        }
+        let tally = &self.writer.tally;
+        SinkReport {
+            rows_written: tally.written.load(Ordering::Relaxed),
+            rows_rejected: tally.rejected.load(Ordering::Relaxed),
+            rows_failed: tally.failed.load(Ordering::Relaxed),
+            rows_undelivered,
+            requests_undelivered,
+        }
+    }
+
+    fn extract(&self, payload: &Payload, scratch: &mut RowBatch) {
+        if let Err(error) = self
+            .extractor
+            .extract(payload.signal, &payload.body, scratch)
+        {
+            // The receiver validated the request, so this is a bug, not bad input.
+            tracing::error!(%error, signal = %payload.signal, "Cannot decode an accepted request.");
+        }
+    }
+
+    /// Starts writing target `index`'s pending rows once a connection slot is free. Returns
+    /// false if `stop` fired while waiting (the rows stay pending).
+    async fn launch(
+        &self,
+        index: usize,
+        pending: &mut [Pending],
+        slots: &Arc<Semaphore>,
+        tasks: &mut JoinSet<()>,
+        stop: &CancellationToken,
+    ) -> bool {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("never closed"),
+            () = stop.cancelled() => return false,
+        };
+        let slot = std::mem::take(&mut pending[index]);
+        let target = self.targets[index].clone();
+        let writer = self.writer.clone();
+        writer
+            .tally
+            .in_flight
+            .fetch_add(slot.rows.len() as u64, Ordering::Relaxed);
+        tasks.spawn(async move {
+            let count = slot.rows.len() as u64;
+            writer.write(&target, slot.rows, slot.oldest).await;
+            writer.tally.in_flight.fetch_sub(count, Ordering::Relaxed);
+            drop(slot.payloads);
+            drop(permit);
+        });
+        true
+    }
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes batches; shared by the sink's write tasks.
+struct Writer {
+    pool: Pool,
+    tally: Tally,
+    max_elapsed: Duration,
+    rejected: Target,
+}
+
+/// The outcome of [`copy_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Committed,
+    /// Found in the ledger: an earlier attempt had committed it.
+    AlreadyCommitted,
+}
+
+/// Writes one batch of binary COPY `data` (`rows` rows) with `copy_sql` in one transaction
+/// that also records `batch_id` in the ledger. With `check_ledger`, a batch id already in the
+/// ledger is not written again. Public for tests of the exactly-once contract.
+pub async fn copy_batch(
+    pool: &Pool,
+    table: &str,
+    copy_sql: &str,
+    data: &Bytes,
+    batch_id: uuid::Uuid,
+    rows: usize,
+    check_ledger: bool,
+) -> Result<Written, TimescaleSinkError> {
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| TimescaleSinkError::Pool(e.to_string()))?;
+    let tx = client.transaction().await?;
+    if check_ledger {
+        let found = tx
+            .query_typed_opt(
+                "SELECT 1 FROM otelgate_ledger WHERE batch_id = $1",
+                &[(&batch_id, Type::UUID)],
+            )
+            .await?;
+        if found.is_some() {
+            tx.rollback().await?;
+            return Ok(Written::AlreadyCommitted);
+        }
+    }
+    // Prepared and dropped (closed) inside the transaction: nothing outlives it on the
+    // server connection, which PgBouncer in transaction mode may hand to someone else.
+    let statement = tx.prepare(copy_sql).await?;
+    let sink = tx.copy_in::<_, Bytes>(&statement).await?;
+    futures_util::pin_mut!(sink);
+    sink.send(data.clone()).await?;
+    sink.finish().await?;
+    drop(statement);
+    tx.execute_typed(
+        "INSERT INTO otelgate_ledger (batch_id, table_name, row_count) VALUES ($1, $2, $3)",
+        &[
+            (&batch_id, Type::UUID),
+            (&table, Type::TEXT),
+            (&(rows as i64), Type::INT8),
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Written::Committed)
+}
+
+impl Writer {
+    /// Writes rows to `target`, isolating rows the database refuses.
+    async fn write(
+        &self,
+        target: &Target,
+        rows: Vec<Vec<Cell>>,
+        oldest: Option<std::time::Instant>,
+    ) {
+        let mut stack = vec![rows];
+        while let Some(mut rows) = stack.pop() {
+            let count = rows.len() as u64;
+            match self.write_batch(target, &rows).await {
+                Ok(()) => {
+                    self.tally.written.fetch_add(count, Ordering::Relaxed);
+                    metrics::counter!(telemetry::SINK_ROWS, "table" => target.table.clone())
+                        .increment(count);
+                    if let Some(oldest) = oldest {
+                        metrics::histogram!(telemetry::SINK_RECEIVE_TO_COMMIT_SECONDS, "table" => target.table.clone())
+                            .record(oldest.elapsed().as_secs_f64());
+                    }
+                }
+                Err((Failure::BadData, _)) if rows.len() > 1 => {
+                    let right = rows.split_off(rows.len() / 2);
+                    stack.push(right);
+                    stack.push(rows);
+                }
+                Err((Failure::BadData, message)) => {
+                    metrics::counter!(telemetry::SINK_REJECTED_ROWS, "table" => target.table.clone(), "reason" => "database").increment(1);
+                    tracing::warn!(table = %target.table, error = %message, "PostgreSQL refused a row; kept in otelgate_rejected_rows.");
+                    let record =
+                        serde_json::Value::Array(rows[0].iter().map(Cell::to_json).collect());
+                    self.write_rejected(vec![vec![
+                        Cell::Timestamp(now_nanos()),
+                        Cell::Text(target.table.clone()),
+                        Cell::Text(message),
+                        Cell::Json(serde_json::json!({ "row": record })),
+                    ]])
+                    .await;
+                }
+                Err((failure, message)) => {
+                    let why = if failure == Failure::Transient {
+                        reason::RETRIES_EXHAUSTED
+                    } else {
+                        "permanent"
+                    };
+                    self.tally.failed.fetch_add(count, Ordering::Relaxed);
+                    metrics::counter!(telemetry::SINK_FAILED_ROWS, "table" => target.table.clone(), "reason" => why).increment(count);
+                    tracing::error!(table = %target.table, rows = count, reason = why, error = %message, "Batch given up.");
+                }
+            }
+        }
+    }
+
+    async fn write_rejected(&self, rows: Vec<Vec<Cell>>) {
+        let count = rows.len() as u64;
+        match self.write_batch(&self.rejected, &rows).await {
+            Ok(()) => {
+                self.tally.rejected.fetch_add(count, Ordering::Relaxed);
+            }
+            Err((_, message)) => {
+                tracing::error!(rows = count, error = %message, "Cannot keep rejected rows in otelgate_rejected_rows.");
+            }
+        }
+    }
+
+    /// One batch, one id, retried on transient failures until `max_elapsed`.
+    async fn write_batch(
+        &self,
+        target: &Target,
+        rows: &[Vec<Cell>],
+    ) -> Result<(), (Failure, String)> {
+        let data = encode_copy(rows.iter().map(Vec::as_slice), rows.len() * 128);
+        let batch_id = uuid::Uuid::new_v4();
+        let started = Instant::now();
+        let mut backoff = Backoff::new(&RetryConfig {
+            initial_backoff_ms: 50,
+            max_backoff_ms: 5_000,
+            ..RetryConfig::default()
+        });
+        let mut attempt = 0u32;
+        loop {
+            let error = match self
+                .try_write(target, &data, batch_id, rows.len(), attempt > 0)
+                .await
+            {
+                Ok(written) => {
+                    if matches!(written, Written::AlreadyCommitted) {
+                        metrics::counter!(telemetry::SINK_LEDGER_SKIPS, "table" => target.table.clone()).increment(1);
+                        tracing::info!(table = %target.table, %batch_id, "Batch was already committed; not written again.");
+                    }
+                    metrics::histogram!(telemetry::SINK_BATCH_ROWS, "table" => target.table.clone()).record(rows.len() as f64);
+                    return Ok(());
+                }
+                Err(error) => error,
+            };
+            let failure = error.failure();
+            if failure != Failure::Transient {
+                return Err((failure, error.to_string()));
+            }
+            let delay = backoff.next_delay();
+            if started.elapsed() + delay > self.max_elapsed {
+                return Err((failure, error.to_string()));
+            }
+            metrics::counter!(telemetry::SINK_RETRIES, "table" => target.table.clone())
+                .increment(1);
+            if attempt == 0 {
+                tracing::warn!(table = %target.table, %error, "Batch write failed; will retry.");
+            }
+            attempt += 1;
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn try_write(
+        &self,
+        target: &Target,
+        data: &Bytes,
+        batch_id: uuid::Uuid,
+        rows: usize,
+        check_ledger: bool,
+    ) -> Result<Written, TimescaleSinkError> {
+        let started = std::time::Instant::now();
+        let written = copy_batch(
+            &self.pool,
+            &target.table,
+            &target.copy_sql,
+            data,
+            batch_id,
+            rows,
+            check_ledger,
+        )
+        .await?;
+        if matches!(written, Written::Committed) {
+            metrics::histogram!(telemetry::SINK_COPY_SECONDS, "table" => target.table.clone())
+                .record(started.elapsed().as_secs_f64());
+        }
+        Ok(written)
+    }
+
+    async fn prune_ledger(&self, hours: u64) {
+        let result = async {
+            let client = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| TimescaleSinkError::Pool(e.to_string()))?;
+            // `hours` is a number from the config, not user data.
+            let sql = format!(
+                "DELETE FROM otelgate_ledger WHERE committed_at < now() - interval '{hours} hours'"
+            );
+            client.batch_execute(&sql).await?;
+            Ok::<_, TimescaleSinkError>(())
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, "Cannot prune the ledger; will try again later.");
+        }
+    }
+}
