@@ -7,15 +7,37 @@ use tokio_postgres::error::SqlState;
 pub enum TimescaleSinkError {
     #[error("cannot get a database connection: {0}")]
     Pool(String),
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Db(#[from] tokio_postgres::Error),
-    #[error("migration {name} failed: {source}")]
+    #[error("migration {name} failed: {}", describe(.source))]
     Migration {
         name: String,
         source: tokio_postgres::Error,
     },
     #[error("{0}")]
     Setup(String),
+}
+
+/// The server's message (SQLSTATE, message, detail, constraint) or the client error chain.
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!(" ({detail})"));
+        }
+        if let Some(constraint) = db.constraint() {
+            text.push_str(&format!(" [constraint {constraint}]"));
+        }
+        return text;
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// How a failed batch write should be handled.
