@@ -75,6 +75,17 @@ async fn timescaledb(client: &Client) -> Result<Option<String>, TimescaleSinkErr
     if !available {
         return Ok(None);
     }
+    // Creating the extension without the library preloaded ends the session, so look first.
+    let preloaded: String = client
+        .query_typed_one("SELECT current_setting('shared_preload_libraries')", &[])
+        .await?
+        .get(0);
+    if !preloaded.contains("timescaledb") {
+        tracing::warn!(
+            "TimescaleDB is installed but not in shared_preload_libraries; using plain PostgreSQL."
+        );
+        return Ok(None);
+    }
     if let Err(error) = client
         .batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
         .await
