@@ -184,7 +184,7 @@ impl TelemetryGenerator {
         (request, count)
     }
 
-    /// `records` log records (frame events at INFO, a few WARN).
+    /// `records` camera status log records (INFO, a few WARN); not mapped to rows.
     pub fn logs(&mut self, records: usize) -> (ExportLogsServiceRequest, u64) {
         let now = now_nanos();
         let log_records = (0..records)
@@ -196,10 +196,10 @@ impl TelemetryGenerator {
                     observed_time_unix_nano: now,
                     severity_number: if warn { 13 } else { 9 },
                     severity_text: if warn { "WARN" } else { "INFO" }.into(),
-                    event_name: "frame".into(),
+                    event_name: "camera.status".into(),
                     body: Some(AnyValue {
                         value: Some(any_value::Value::StringValue(format!(
-                            "frame processed on cam-{camera:02}"
+                            "cam-{camera:02} streaming"
                         ))),
                     }),
                     attributes: vec![kv_str("camera.id", format!("cam-{camera:02}"))],

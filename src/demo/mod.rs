@@ -1,7 +1,8 @@
-//! `otelgate demo`: the gateway on the standard ports forwarding to two in-process backends
-//! (one over OTLP/gRPC, one over OTLP/HTTP with an Uptrace-style header), fed for a few
-//! seconds with realistic frame, detection and LLM telemetry over OTLP/gRPC. Prints what was
-//! acknowledged, what each backend received, throughput and acknowledgement latency.
+//! `otelgate demo`: a throwaway PostgreSQL (TimescaleDB when installed), migrated; the gateway
+//! on the standard ports writing rows into it and forwarding to two in-process backends (one
+//! over OTLP/gRPC, one over OTLP/HTTP with an Uptrace-style header); realistic frame,
+//! detection and LLM telemetry sent for a few seconds over OTLP/gRPC. Prints what was
+//! acknowledged and received, rows per second, latency percentiles and sample rows.
 
 pub mod backend;
 pub mod generator;
@@ -21,6 +22,7 @@ use opentelemetry_proto::tonic::common::v1::any_value;
 use self::backend::RecordingBackend;
 use self::generator::TelemetryGenerator;
 use crate::export::otlp::{OtlpExporterConfig, Protocol};
+use crate::sink::timescale::{LlmPrice, TimescaleSinkConfig};
 use crate::{Config, Gateway, Signal};
 
 /// Options of `otelgate demo`.
@@ -44,6 +46,9 @@ pub struct DemoArgs {
     /// `frame.process` spans per request (plus one LLM span per ten frames).
     #[arg(long, default_value_t = 50)]
     pub frames_per_request: usize,
+    /// Skip PostgreSQL: forward to the two backends only.
+    #[arg(long)]
+    pub no_database: bool,
 }
 
 /// What the clients sent and got acknowledged.
@@ -51,6 +56,9 @@ pub struct DemoArgs {
 struct ClientTally {
     requests: u64,
     spans: u64,
+    frames: u64,
+    detections: u64,
+    llm: u64,
     logs: u64,
     points: u64,
     errors: u64,
@@ -62,6 +70,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         log_level: "warn".into(),
         ..Default::default()
     });
+    let database = if args.no_database {
+        None
+    } else {
+        println!("otelgate demo: starting a throwaway PostgreSQL...");
+        let pg = tokio::task::spawn_blocking(|| postgres::TempPostgres::start(true))
+            .await?
+            .context("the demo needs PostgreSQL's server programs (or pass --no-database)")?;
+        Some(pg)
+    };
     let lgtm = RecordingBackend::start_with(false).await?;
     let uptrace = RecordingBackend::start_with(true).await?;
     let mut config = Config::default();
@@ -78,6 +95,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "http://demo_token@localhost:14318?grpc=14317".into(),
     );
     config.exporters.insert("uptrace".into(), uptrace_config);
+    if let Some(pg) = &database {
+        let mut sink = TimescaleSinkConfig::new(pg.url());
+        for (model, input, output) in [
+            ("gpt-4o-mini", 0.15, 0.6),
+            ("gpt-4.1", 2.0, 8.0),
+            ("claude-sonnet-4", 3.0, 15.0),
+        ] {
+            sink.llm_prices.insert(
+                model.into(),
+                LlmPrice {
+                    input_per_million: input,
+                    output_per_million: output,
+                },
+            );
+        }
+        config.timescale = Some(sink);
+    }
     config.validate()?;
     let gateway = Gateway::start(config).await.context(
         "the demo needs the standard OTLP ports; pass --grpc/--http/--admin to use others",
@@ -117,6 +151,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             let part = joined??;
             tally.requests += part.requests;
             tally.spans += part.spans;
+            tally.frames += part.frames;
+            tally.detections += part.detections;
+            tally.llm += part.llm;
             tally.logs += part.logs;
             tally.points += part.points;
             tally.errors += part.errors;
@@ -145,6 +182,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .wait_for(Signal::Metrics, tally.points, Duration::from_secs(2))
             .await;
     }
+    let db = match &database {
+        Some(pg) => Some(wait_for_rows(&pg.url(), &tally).await?),
+        None => None,
+    };
     let reports = gateway.shutdown().await;
 
     let secs = sending.as_secs_f64();
@@ -191,7 +232,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             report.name, report.delivered, report.failed, report.undelivered
         );
     }
+    if let Some(report) = &reports.sink {
+        println!(
+            "  timescale sink   {} rows written, {} rejected, {} failed",
+            report.rows_written, report.rows_rejected, report.rows_failed
+        );
+    }
     print_samples(&uptrace);
+    if let (Some(db), Some(pg)) = (&db, &database) {
+        print_database(db, pg.timescaledb(), &tally, secs).await?;
+    }
     Ok(())
 }
 
@@ -211,12 +261,22 @@ async fn send(
     let mut tally = ClientTally::default();
     while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
         let (request, spans) = generator.traces(frames);
+        let detections: u64 = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+            .map(|s| s.events.len() as u64)
+            .sum();
         let t0 = Instant::now();
         match traces.export(request).await {
             Ok(_) => {
                 tally.latencies.push(t0.elapsed());
                 tally.requests += 1;
                 tally.spans += spans;
+                tally.frames += frames as u64;
+                tally.llm += (frames / 10) as u64;
+                tally.detections += detections;
             }
             Err(_) => tally.errors += 1,
         }
@@ -303,4 +363,97 @@ fn print_samples(backend: &RecordingBackend) {
             break;
         }
     }
+}
+
+/// Waits (bounded) until every acknowledged frame, detection and LLM call is a row.
+async fn wait_for_rows(url: &str, tally: &ClientTally) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let expected = tally.frames + tally.detections + tally.llm;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM frame_metadata) + (SELECT count(*) FROM detection_events) + (SELECT count(*) FROM llm_requests)",
+                &[],
+            )
+            .await?;
+        let rows: i64 = row.get(0);
+        if rows as u64 >= expected || Instant::now() >= deadline {
+            return Ok(client);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Rows per second, receive-to-commit latency, and a few rows of each table and aggregate.
+async fn print_database(
+    db: &tokio_postgres::Client,
+    timescaledb: bool,
+    tally: &ClientTally,
+    secs: f64,
+) -> anyhow::Result<()> {
+    let counts = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM frame_metadata), (SELECT count(*) FROM detection_events), (SELECT count(*) FROM llm_requests), (SELECT count(*) FROM otelgate_rejected_rows)",
+            &[],
+        )
+        .await?;
+    let (frames, detections, llm, rejected): (i64, i64, i64, i64) =
+        (counts.get(0), counts.get(1), counts.get(2), counts.get(3));
+    let rows = frames + detections + llm;
+    println!();
+    println!(
+        "  PostgreSQL ({})",
+        if timescaledb {
+            "TimescaleDB: hypertables, compression, continuous aggregates"
+        } else {
+            "plain: TimescaleDB is not installed, aggregates are views"
+        }
+    );
+    println!(
+        "  rows            frame_metadata {frames}/{}  detection_events {detections}/{}  llm_requests {llm}/{}  rejected {rejected}",
+        tally.frames, tally.detections, tally.llm
+    );
+    println!(
+        "  rows/s          {:.0} rows/s over the {secs:.1} s of sending",
+        rows as f64 / secs
+    );
+    // Frames are generated with end = now, so ingested_at - end is the time from the client
+    // creating a frame span to its row being committed.
+    let latency = db
+        .query_one(
+            "SELECT percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY ms), max(ms) FROM (
+                 SELECT extract(epoch FROM ingested_at - time) * 1000 - processing_ms AS ms FROM frame_metadata) t",
+            &[],
+        )
+        .await?;
+    let percentiles: Option<Vec<f64>> = latency.get(0);
+    let max: Option<f64> = latency.get(1);
+    if let (Some(p), Some(max)) = (percentiles, max) {
+        println!(
+            "  commit latency  p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms (span end to row committed)",
+            p[0], p[1], p[2], max
+        );
+    }
+    for (title, sql) in [
+        ("frame_metadata", "SELECT time, camera_id, frame_id, sequence, round(processing_ms::numeric, 2) AS processing_ms, status FROM frame_metadata ORDER BY time DESC LIMIT 3"),
+        ("detection_events", "SELECT time, camera_id, frame_id, object_class, round(confidence::numeric, 2) AS confidence, track_id FROM detection_events ORDER BY time DESC LIMIT 3"),
+        ("llm_requests", "SELECT time, provider, request_model, input_tokens, output_tokens, round(cost_usd::numeric, 5) AS cost_usd FROM llm_requests ORDER BY time DESC LIMIT 3"),
+        ("frames_per_camera_hourly", "SELECT bucket, camera_id, frames, round(avg_processing_ms::numeric, 2) AS avg_ms FROM frames_per_camera_hourly ORDER BY bucket DESC, camera_id LIMIT 3"),
+        ("detections_per_class_hourly", "SELECT bucket, object_class, detections, round(mean_confidence::numeric, 3) AS mean_confidence FROM detections_per_class_hourly ORDER BY bucket DESC, detections DESC LIMIT 3"),
+        ("llm_usage_hourly", "SELECT bucket, request_model, requests, input_tokens, output_tokens, round(cost_usd::numeric, 4) AS cost_usd, round(error_rate::numeric, 3) AS error_rate FROM llm_usage_hourly ORDER BY bucket DESC, request_model LIMIT 3"),
+    ] {
+        println!();
+        println!("  {title}");
+        for message in db.simple_query(sql).await? {
+            if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+                let cells: Vec<String> = (0..row.len())
+                    .map(|i| format!("{}={}", row.columns()[i].name(), row.get(i).unwrap_or("null")))
+                    .collect();
+                println!("    {}", cells.join("  "));
+            }
+        }
+    }
+    Ok(())
 }
