@@ -3,6 +3,7 @@
 
 mod faults;
 mod forwarding;
+mod deploy;
 mod inputs;
 mod lifecycle;
 mod timescale;

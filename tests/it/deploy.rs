@@ -1,0 +1,1 @@
+//! Deployment artefacts checked against the code and against real programs.
