@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing otelgate needs on top of a rustup-installed stable
-# Rust: the rustfmt and clippy components and cargo-nextest. Safe to run again; prints
-# nothing when everything is already there.
+# Rust: the rustfmt and clippy components, cargo-nextest, and the real programs the demo and
+# the tests run: a PostgreSQL server, PgBouncer and Prometheus (Debian/Ubuntu packages).
+# Safe to run again; prints nothing when everything is already there. Never upgrades
+# installed packages (a PostgreSQL with TimescaleDB built against it stays as it is).
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -25,4 +27,31 @@ cargo clippy --version >/dev/null 2>&1 || add_component clippy
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "setup: installing cargo-nextest"
     cargo install cargo-nextest --locked
+fi
+
+apt_install() {
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "setup: please install $* with your package manager" >&2
+        exit 1
+    fi
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        sudo="sudo"
+    fi
+    echo "setup: installing $*"
+    if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-upgrade "$@" >/dev/null; then
+        $sudo apt-get update -q >/dev/null
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-upgrade "$@" >/dev/null
+    fi
+}
+
+# PostgreSQL's server programs: the demo and the database tests start throwaway clusters.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${OTELGATE_PG_BIN:-}" ]; then
+    apt_install postgresql
+fi
+if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
+    apt_install pgbouncer
+fi
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    apt_install prometheus
 fi

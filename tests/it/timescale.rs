@@ -903,3 +903,89 @@ async fn timescaledb_hypertables_compression_aggregates_and_retention() {
     );
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_and_detection_log_records_become_rows() {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use otelgate::demo::generator::{kv_f64, kv_int, kv_str};
+    let pg = TempPostgres::start(false).unwrap();
+    let gateway = gateway_with_sink(sink_config(&pg.url())).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let records = vec![
+        LogRecord {
+            time_unix_nano: now,
+            event_name: "frame".into(),
+            severity_text: "INFO".into(),
+            attributes: vec![
+                kv_str("camera.id", "cam-7"),
+                kv_str("frame.id", "f-1"),
+                kv_int("frame.width", 640),
+            ],
+            ..Default::default()
+        },
+        // Older SDKs name events with the `event.name` attribute.
+        LogRecord {
+            observed_time_unix_nano: now,
+            attributes: vec![
+                kv_str("event.name", "detection"),
+                kv_str("camera.id", "cam-7"),
+                kv_str("object.class", "forklift"),
+                kv_f64("detection.confidence", 0.9),
+            ],
+            ..Default::default()
+        },
+        LogRecord {
+            time_unix_nano: now,
+            event_name: "other".into(),
+            ..Default::default()
+        },
+    ];
+    let request = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            scope_logs: vec![ScopeLogs {
+                log_records: records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/logs", gateway.http_addr()))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&request).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let db = connect(&pg.url()).await;
+    assert_eq!(
+        wait_count(&db, "SELECT count(*) FROM detection_events", 1).await,
+        1
+    );
+    assert_eq!(
+        wait_count(&db, "SELECT count(*) FROM frame_metadata", 1).await,
+        1
+    );
+    let frame = db
+        .query_one(
+            "SELECT camera_id, frame_id, width, status FROM frame_metadata",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(frame.get::<_, String>(0), "cam-7");
+    assert_eq!(frame.get::<_, String>(1), "f-1");
+    assert_eq!(frame.get::<_, i64>(2), 640);
+    assert_eq!(frame.get::<_, String>(3), "INFO");
+    let detection = db
+        .query_one("SELECT object_class, confidence FROM detection_events", &[])
+        .await
+        .unwrap();
+    assert_eq!(detection.get::<_, String>(0), "forklift");
+    assert_eq!(detection.get::<_, f64>(1), 0.9);
+    gateway.shutdown().await;
+}
