@@ -38,6 +38,13 @@ enum Command {
     /// Start the gateway on the standard ports with two in-process backends, send realistic
     /// frame, detection and LLM telemetry through it for a few seconds and print what happened.
     Demo(demo::DemoArgs),
+    /// Send realistic OTLP load to a gateway (or any OTLP endpoint) and report throughput,
+    /// refusals, latency and, with --database-url, rows and commit latency.
+    Load(otelgate::load::LoadArgs),
+    /// Benchmark aids run as separate processes: a throwaway PostgreSQL, a counting OTLP
+    /// backend, the raw binary COPY ceiling.
+    #[command(subcommand)]
+    Testbed(otelgate::testbed::TestbedCommand),
 }
 
 #[tokio::main]
@@ -48,6 +55,8 @@ async fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(config),
         Command::Migrate { config } => migrate(config).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Load(args) => load(args).await,
+        Command::Testbed(command) => otelgate::testbed::run(command, shutdown_signal()).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,6 +99,16 @@ async fn migrate(path: Option<PathBuf>) -> anyhow::Result<()> {
         println!("schema is up to date");
     } else {
         println!("applied: {}", info.applied.join(", "));
+    }
+    Ok(())
+}
+
+async fn load(args: otelgate::load::LoadArgs) -> anyhow::Result<()> {
+    let report = otelgate::load::run(&args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        otelgate::load::print(&report);
     }
     Ok(())
 }

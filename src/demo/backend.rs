@@ -107,7 +107,13 @@ impl RecordingBackend {
 
     /// Starts a backend; with `keep_bodies` false it only counts (for long demos and loads).
     pub async fn start_with(keep_bodies: bool) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1:0", keep_bodies).await
+    }
+
+    /// Starts a backend on `address`. Besides the OTLP routes it answers `GET /counts` with
+    /// the items received per signal, as JSON (for benchmark scripts).
+    pub async fn start_on(address: &str, keep_bodies: bool) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(address).await?;
         let addr = listener.local_addr()?;
         let recorder = Arc::new(Recorder {
             bodies: Mutex::default(),
@@ -131,6 +137,18 @@ impl RecordingBackend {
                     post(move |State(r): State<Arc<Recorder>>, req: Request| http(r, signal, req)),
                 );
         }
+        router = router.route(
+            "/counts",
+            axum::routing::get(|State(r): State<Arc<Recorder>>| async move {
+                let items = |s: Signal| r.items[s.index()].load(Ordering::SeqCst);
+                axum::Json(serde_json::json!({
+                    "traces": items(Signal::Traces),
+                    "metrics": items(Signal::Metrics),
+                    "logs": items(Signal::Logs),
+                    "requests": r.requests.load(Ordering::SeqCst),
+                }))
+            }),
+        );
         let stop = CancellationToken::new();
         tokio::spawn(crate::net::serve(
             listener,

@@ -58,6 +58,8 @@ pub struct TelemetryGenerator {
     rng: SmallRng,
     sequence: i64,
     cameras: u32,
+    /// Added to frame spans as `load.run`, so a load run can find its own rows.
+    run: Option<String>,
 }
 
 impl TelemetryGenerator {
@@ -66,7 +68,14 @@ impl TelemetryGenerator {
             rng: SmallRng::seed_from_u64(seed),
             sequence: 0,
             cameras: 8,
+            run: None,
         }
+    }
+
+    /// Tags every frame span with `load.run = run` (kept in the rows' `attributes`).
+    pub fn with_run(mut self, run: &str) -> Self {
+        self.run = Some(run.to_owned());
+        self
     }
 
     fn resource(&self, service: &str) -> Option<Resource> {
@@ -121,6 +130,18 @@ impl TelemetryGenerator {
                 })
                 .collect();
             let (trace_id, span_id) = self.ids();
+            let mut attributes = vec![
+                kv_str("camera.id", format!("cam-{camera:02}")),
+                kv_str("frame.id", frame_id),
+                kv_int("frame.sequence", self.sequence),
+                kv_int("frame.width", 1920),
+                kv_int("frame.height", 1080),
+                kv_f64("frame.processing_ms", processing_ms),
+                kv_str("frame.status", "ok"),
+            ];
+            if let Some(run) = &self.run {
+                attributes.push(kv_str("load.run", run.clone()));
+            }
             spans.push(Span {
                 trace_id,
                 span_id,
@@ -128,15 +149,7 @@ impl TelemetryGenerator {
                 kind: span::SpanKind::Internal as i32,
                 start_time_unix_nano: start,
                 end_time_unix_nano: end,
-                attributes: vec![
-                    kv_str("camera.id", format!("cam-{camera:02}")),
-                    kv_str("frame.id", frame_id),
-                    kv_int("frame.sequence", self.sequence),
-                    kv_int("frame.width", 1920),
-                    kv_int("frame.height", 1080),
-                    kv_f64("frame.processing_ms", processing_ms),
-                    kv_str("frame.status", "ok"),
-                ],
+                attributes,
                 events,
                 status: Some(Status::default()),
                 ..Default::default()

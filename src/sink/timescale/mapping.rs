@@ -327,6 +327,15 @@ pub fn compile(config: &TimescaleSinkConfig) -> Result<Vec<Mapping>, String> {
     Ok(mappings)
 }
 
+/// The columns one mapping writes, in row order: the standard columns, then its own.
+pub fn mapping_columns(mapping: &Mapping) -> Vec<String> {
+    STANDARD_COLUMNS
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .chain(mapping.columns.iter().map(|c| c.name.clone()))
+        .collect()
+}
+
 /// Every table with its columns (standard columns first, then each mapping's, first mention
 /// wins), for DDL.
 pub fn tables(mappings: &[Mapping]) -> BTreeMap<String, Vec<(String, ColumnType)>> {

@@ -15,6 +15,6 @@ pub use config::{LlmPrice, TimescaleSinkConfig};
 pub use copy::{encode_copy, Cell};
 pub use error::TimescaleSinkError;
 pub use extract::{Extractor, RowBatch};
-pub use mapping::{ColumnType, Mapping, MappingConfig, RecordKind};
+pub use mapping::{mapping_columns, ColumnType, Mapping, MappingConfig, RecordKind};
 pub use schema::{migrate, SchemaInfo};
 pub use sink::{SinkReport, TimescaleSink};

@@ -21,7 +21,6 @@ use super::config::TimescaleSinkConfig;
 use super::copy::{encode_copy, Cell};
 use super::error::{Failure, TimescaleSinkError};
 use super::extract::{Extractor, RowBatch};
-use super::mapping::STANDARD_COLUMNS;
 use crate::export::otlp::{Backoff, RetryConfig};
 use crate::pipeline::{Payload, QueueReceiver};
 use crate::telemetry::{self, reason};
@@ -119,8 +118,8 @@ impl TimescaleSink {
             .mappings()
             .iter()
             .map(|m| {
-                let mut columns: Vec<&str> = STANDARD_COLUMNS.iter().map(|(n, _)| *n).collect();
-                columns.extend(m.columns.iter().map(|c| c.name.as_str()));
+                let columns = super::mapping::mapping_columns(m);
+                let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
                 Arc::new(Target::new(&m.table, &columns))
             })
             .collect();

@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark on one machine, in one run:
+#  1. rows into PostgreSQL: the raw binary COPY ceiling (same rows, same batch size, written
+#     straight into the same tables) against the same rows through the gateway from OTLP;
+#  2. receive-to-commit latency at fixed rates;
+#  3. OTLP forwarding: otelgate against rotel (PyPI `rotel`), both forwarding over OTLP/gRPC to
+#     the same counting backend; throughput counted where the backend received it, plus CPU
+#     seconds per million spans of the forwarding process; closed-loop and paced load apart.
+# Everything listens on 127.0.0.1 and stops by itself. Results: $OUT (default target/bench-e2e).
+#
+# Knobs: BENCH_SECONDS (max-rate runs, default 60), BENCH_LATENCY_SECONDS (fixed-rate runs,
+# default 30), BENCH_RATES (default "1000 10000 100000"), BENCH_SKIP_ROTEL=1, ROTEL (path of
+# rotel-agent; default: installed from PyPI into target/bench-venv).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+SECS=${BENCH_SECONDS:-60}
+LAT_SECS=${BENCH_LATENCY_SECONDS:-30}
+RATES=${BENCH_RATES:-"1000 10000 100000"}
+OUT=${OUT:-target/bench-e2e}
+BIN=target/release/otelgate
+mkdir -p "$OUT"
+cargo build --release -q
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+log() { printf '==> %s\n' "$*" >&2; }
+wait_for() { # url, seconds
+    for _ in $(seq 1 $(( $2 * 10 ))); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+    echo "timed out waiting for $1" >&2; return 1
+}
+cpu_seconds() { # pid -> utime+stime in seconds
+    awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"
+}
+json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {'d': d}))" "$@"; }
+sql() { psql "$PG_URL" -Atqc "$1"; }
+
+log "starting a throwaway PostgreSQL (fsync on)"
+$BIN testbed postgres >"$work/pg.url" 2>"$work/pg.log" &
+pids+=($!)
+for _ in $(seq 1 600); do [ -s "$work/pg.url" ] && break; sleep 0.1; done
+PG_URL=$(head -1 "$work/pg.url")
+TSDB=$(grep -o 'TimescaleDB: .*' "$work/pg.log" || true)
+log "PostgreSQL at $PG_URL ($TSDB)"
+
+rows_since() { # timestamp -> "rows seconds"
+    sql "WITH r AS (SELECT ingested_at FROM frame_metadata WHERE ingested_at >= '$1'
+                    UNION ALL SELECT ingested_at FROM detection_events WHERE ingested_at >= '$1'
+                    UNION ALL SELECT ingested_at FROM llm_requests WHERE ingested_at >= '$1')
+         SELECT count(*) || ' ' || coalesce(extract(epoch FROM max(ingested_at) - '$1'::timestamptz), 0) FROM r"
+}
+
+log "1a. raw binary COPY ceiling: ${SECS}s, 2 connections, 10000 rows per COPY"
+$BIN testbed copy --database-url "$PG_URL" --seconds "$SECS" --connections 2 --batch 100 --rows-per-copy 10000 >"$OUT/copy.json"
+COPY_RPS=$(json "$OUT/copy.json" "round(d['rows_per_second'])")
+
+log "1b. the same rows through the gateway: ${SECS}s closed-loop OTLP/gRPC load"
+cat >"$work/gateway.toml" <<TOML
+[receiver]
+grpc_endpoint = "127.0.0.1:24317"
+http_endpoint = "127.0.0.1:24318"
+[telemetry]
+admin_endpoint = "127.0.0.1:23133"
+log_level = "warn"
+[timescale]
+url = "$PG_URL"
+pool_size = 2
+max_rows = 10000
+TOML
+$BIN run --config "$work/gateway.toml" 2>"$work/gateway.log" &
+GW=$!; pids+=($GW)
+wait_for http://127.0.0.1:23133/readyz 30
+start=$(sql "SELECT clock_timestamp()")
+$BIN load --endpoint http://127.0.0.1:24317 -c 4 -b 100 --duration "$SECS" --database-url "$PG_URL" --json >"$OUT/gateway-max.json"
+read -r GW_ROWS GW_SECS <<<"$(rows_since "$start")"
+GW_RPS=$(python3 -c "print(round($GW_ROWS / max($GW_SECS, 1e-9)))")
+
+for rate in $RATES; do
+    log "2. fixed rate $rate frames/s for ${LAT_SECS}s"
+    $BIN load --endpoint http://127.0.0.1:24317 -c 4 -b 50 --rate "$rate" --duration "$LAT_SECS" --database-url "$PG_URL" --json >"$OUT/gateway-rate-$rate.json"
+done
+kill "$GW"; wait "$GW" 2>/dev/null || true
+
+log "3. OTLP forwarding: counting backend on 127.0.0.1:25317"
+$BIN testbed backend --listen 127.0.0.1:25317 >/dev/null &
+pids+=($!)
+wait_for http://127.0.0.1:25317/counts 10
+delivered() { curl -fs http://127.0.0.1:25317/counts | python3 -c "import json,sys; print(json.load(sys.stdin)['traces'])"; }
+settle() { # wait until the backend count stops moving (max 60 s); prints the count
+    local last=-1 now
+    for _ in $(seq 1 120); do now=$(delivered); [ "$now" = "$last" ] && break; last=$now; sleep 0.5; done
+    echo "$now"
+}
+
+forward_run() { # name pid endpoint mode(max|rate) -> one JSON line
+    local name=$1 pid=$2 endpoint=$3 mode=$4 args=()
+    [ "$mode" = max ] || args=(--rate "$mode")
+    local before cpu0 t0 after cpu1 t1
+    before=$(settle); cpu0=$(cpu_seconds "$pid"); t0=$(date +%s.%N)
+    $BIN load --endpoint "$endpoint" -c 4 -b 100 --duration "$LAT_SECS" "${args[@]}" --json >"$OUT/forward-$name-$mode.json"
+    after=$(settle); cpu1=$(cpu_seconds "$pid"); t1=$(date +%s.%N)
+    python3 - "$name" "$mode" "$before" "$after" "$cpu0" "$cpu1" "$t0" "$t1" "$OUT/forward-$name-$mode.json" <<'PY'
+import json, sys
+name, mode, before, after, cpu0, cpu1, t0, t1, path = sys.argv[1:]
+load = json.load(open(path))
+spans = int(after) - int(before)
+seconds = float(t1) - float(t0)
+acked = load["spans_acknowledged"]
+print(json.dumps({"collector": name, "load": mode, "spans_acknowledged": acked, "spans_delivered": spans,
+  "delivered_per_second": round(spans / load["seconds"]), "cpu_seconds": round(float(cpu1) - float(cpu0), 2),
+  "cpu_seconds_per_million_spans": round((float(cpu1) - float(cpu0)) / max(spans, 1) * 1e6, 2),
+  "ack_p99_ms": round(load["ack_latency_ms"]["p99"], 2), "wall_seconds_until_settled": round(seconds, 1)}))
+PY
+}
+
+cat >"$work/forward.toml" <<TOML
+[receiver]
+grpc_endpoint = "127.0.0.1:24317"
+http_endpoint = "127.0.0.1:24318"
+[telemetry]
+admin_endpoint = "127.0.0.1:23133"
+log_level = "warn"
+[exporters.down]
+endpoint = "http://127.0.0.1:25317"
+compression = "none"
+TOML
+$BIN run --config "$work/forward.toml" 2>"$work/forward.log" &
+GW=$!; pids+=($GW)
+wait_for http://127.0.0.1:23133/readyz 30
+: >"$OUT/forwarding.jsonl"
+forward_run otelgate "$GW" http://127.0.0.1:24317 max >>"$OUT/forwarding.jsonl"
+forward_run otelgate "$GW" http://127.0.0.1:24317 20000 >>"$OUT/forwarding.jsonl"
+kill "$GW"; wait "$GW" 2>/dev/null || true
+
+if [ "${BENCH_SKIP_ROTEL:-0}" != 1 ]; then
+    ROTEL=${ROTEL:-}
+    if [ -z "$ROTEL" ]; then
+        if [ ! -x target/bench-venv/bin/python ]; then
+            python3 -m venv target/bench-venv
+            target/bench-venv/bin/pip install -q rotel
+        fi
+        ROTEL=$(find target/bench-venv -name rotel-agent -type f | head -1)
+    fi
+    log "rotel: $("$ROTEL" --version)"
+    "$ROTEL" start --otlp-grpc-endpoint 127.0.0.1:26317 --otlp-http-endpoint 127.0.0.1:26318 \
+        --exporter otlp --otlp-exporter-endpoint http://127.0.0.1:25317 --otlp-exporter-protocol grpc \
+        --otlp-exporter-compression none >"$work/rotel.log" 2>&1 &
+    RT=$!; pids+=($RT)
+    for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/26317) 2>/dev/null && break; sleep 0.1; done
+    forward_run rotel "$RT" http://127.0.0.1:26317 max >>"$OUT/forwarding.jsonl"
+    forward_run rotel "$RT" http://127.0.0.1:26317 20000 >>"$OUT/forwarding.jsonl"
+    kill "$RT"; wait "$RT" 2>/dev/null || true
+fi
+
+python3 - "$OUT" "$COPY_RPS" "$GW_RPS" "$RATES" "$TSDB" <<'PY'
+import json, sys, os
+out, copy_rps, gw_rps, rates, tsdb = sys.argv[1:]
+copy_rps, gw_rps = int(copy_rps), int(gw_rps)
+print(f"\nRows into PostgreSQL ({tsdb or 'TimescaleDB: ?'})")
+print(f"  raw binary COPY ceiling   {copy_rps:>9} rows/s")
+print(f"  through the gateway       {gw_rps:>9} rows/s   ratio {gw_rps / copy_rps:.2f}")
+m = json.load(open(f"{out}/gateway-max.json"))
+db = m.get("database") or {}
+print(f"  max-rate run: {m['items_acknowledged']} frames acknowledged, {db.get('frame_rows_found')} frame rows found, commit p99 {db.get('receive_to_commit_ms', {}).get('p99', 0):.1f} ms")
+print("\nReceive-to-commit latency at fixed rates (frames/s; rows/s is about 2.6x with detections and LLM spans)")
+for rate in rates.split():
+    r = json.load(open(f"{out}/gateway-rate-{rate}.json"))
+    c = r["database"]["receive_to_commit_ms"]
+    print(f"  {rate:>7} frames/s: achieved {r['items_per_second_acknowledged']:.0f}/s, behind schedule {r['requests_behind_schedule']}, "
+          f"rows {r['database']['frame_rows_found']}/{r['database']['frames_acknowledged']}, commit p50 {c['p50']:.1f} p99 {c['p99']:.1f} max {c['max']:.1f} ms")
+print("\nOTLP forwarding (spans delivered to the same backend; CPU of the forwarding process)")
+for line in open(f"{out}/forwarding.jsonl"):
+    f = json.loads(line)
+    print(f"  {f['collector']:<9} {f['load']:>6}: delivered {f['delivered_per_second']:>7} spans/s ({f['spans_delivered']}/{f['spans_acknowledged']} acked), "
+          f"{f['cpu_seconds_per_million_spans']:.2f} CPU s per million spans, ack p99 {f['ack_p99_ms']:.1f} ms")
+PY

@@ -1,0 +1,378 @@
+//! `otelgate load`: the load generator. Sends realistic OTLP (frame spans with detection
+//! events and GenAI spans, or log records, or metrics) over gRPC or HTTP on C connections in
+//! batches of B, either at a fixed rate for a duration (holding the schedule and reporting
+//! when it could not) or as fast as acknowledgements allow. Reports offered and acknowledged
+//! items per second, refusals by status, acknowledgement latency percentiles and, given the
+//! database URL, receive-to-commit latency from the rows' `ingested_at` and rows found
+//! against rows acknowledged.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+use serde::Serialize;
+
+use crate::codec::BytesCodec;
+use crate::demo::generator::TelemetryGenerator;
+use crate::Signal;
+
+/// Options of `otelgate load`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Where to send: `http://host:4317` for grpc, `http://host:4318` for http.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// `grpc` or `http` (OTLP/HTTP protobuf).
+    #[arg(long, default_value = "grpc")]
+    pub protocol: String,
+    /// `traces` (frame spans with detection events plus one GenAI span per ten frames),
+    /// `logs` or `metrics`.
+    #[arg(long, default_value = "traces")]
+    pub signal: String,
+    /// Concurrent connections (each sends one request at a time).
+    #[arg(long, short = 'c', default_value_t = 4)]
+    pub connections: usize,
+    /// Frames (or log records, or metric requests' data points) per request.
+    #[arg(long, short = 'b', default_value_t = 100)]
+    pub batch: usize,
+    /// Target frames (log records) per second over all connections; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Seconds to send for.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// PostgreSQL URL of the gateway's TimescaleDB sink: measure receive-to-commit latency
+    /// and check that every acknowledged frame became a row.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What a load run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadReport {
+    pub protocol: String,
+    pub signal: String,
+    pub connections: usize,
+    pub batch: usize,
+    pub target_rate: u64,
+    pub seconds: f64,
+    pub requests_sent: u64,
+    pub requests_acknowledged: u64,
+    pub items_sent: u64,
+    pub items_acknowledged: u64,
+    pub items_per_second_offered: f64,
+    pub items_per_second_acknowledged: f64,
+    /// Requests that started later than their schedule by more than one interval.
+    pub requests_behind_schedule: u64,
+    pub refusals: BTreeMap<String, u64>,
+    pub ack_latency_ms: Percentiles,
+    /// Spans of all kinds acknowledged (frames + detection-bearing frames' LLM spans).
+    pub spans_acknowledged: u64,
+    pub database: Option<DatabaseReport>,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// From unsorted samples.
+    pub fn of(samples: &mut [Duration]) -> Self {
+        samples.sort_unstable();
+        let at = |q: f64| {
+            if samples.is_empty() {
+                return 0.0;
+            }
+            let index = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+            samples[index].as_secs_f64() * 1000.0
+        };
+        Percentiles {
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: at(1.0),
+        }
+    }
+}
+
+/// Rows of this run found in PostgreSQL.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DatabaseReport {
+    pub frames_acknowledged: u64,
+    pub frame_rows_found: u64,
+    /// From a frame span's end (its send time) to its row's `ingested_at`.
+    pub receive_to_commit_ms: Percentiles,
+}
+
+#[derive(Default)]
+struct ConnectionTally {
+    requests_sent: u64,
+    requests_acknowledged: u64,
+    items_sent: u64,
+    items_acknowledged: u64,
+    spans_acknowledged: u64,
+    behind: u64,
+    refusals: BTreeMap<String, u64>,
+    latencies: Vec<Duration>,
+}
+
+enum Client {
+    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
+    Http(reqwest::Client, String),
+}
+
+impl Client {
+    async fn connect(protocol: &str, endpoint: &str) -> anyhow::Result<Client> {
+        match protocol {
+            "grpc" => {
+                let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await?;
+                Ok(Client::Grpc(tonic::client::Grpc::new(channel)))
+            }
+            "http" => Ok(Client::Http(
+                reqwest::Client::new(),
+                endpoint.trim_end_matches('/').to_owned(),
+            )),
+            other => anyhow::bail!("unknown protocol `{other}`: use grpc or http"),
+        }
+    }
+
+    /// Sends one request; `Err` carries the refusal's status name.
+    async fn send(&mut self, signal: Signal, body: Bytes) -> Result<(), String> {
+        match self {
+            Client::Grpc(grpc) => {
+                grpc.ready().await.map_err(|e| format!("transport: {e}"))?;
+                let path = http::uri::PathAndQuery::from_static(signal.grpc_path());
+                grpc.unary::<Bytes, Bytes, _>(tonic::Request::new(body), path, BytesCodec)
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| format!("grpc {:?}", s.code()))
+            }
+            Client::Http(client, base) => {
+                let response = client
+                    .post(format!("{base}{}", signal.http_path()))
+                    .header("content-type", "application/x-protobuf")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| format!("transport: {e}"))?;
+                if response.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("http {}", response.status().as_u16()))
+                }
+            }
+        }
+    }
+}
+
+fn parse_signal(signal: &str) -> anyhow::Result<Signal> {
+    Ok(match signal {
+        "traces" => Signal::Traces,
+        "logs" => Signal::Logs,
+        "metrics" => Signal::Metrics,
+        other => anyhow::bail!("unknown signal `{other}`: use traces, logs or metrics"),
+    })
+}
+
+/// Runs a load as `args` say and returns the report (also printed by the CLI).
+pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
+    let signal = parse_signal(&args.signal)?;
+    let endpoint = args
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| match args.protocol.as_str() {
+            "http" => "http://127.0.0.1:4318".into(),
+            _ => "http://127.0.0.1:4317".into(),
+        });
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let connections = args.connections.max(1);
+    let batch = args.batch.max(1);
+    // Interval between one connection's requests at the target rate.
+    let interval = (args.rate > 0)
+        .then(|| Duration::from_secs_f64(batch as f64 * connections as f64 / args.rate as f64));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration);
+    let mut tasks = tokio::task::JoinSet::new();
+    for connection in 0..connections {
+        let mut client = Client::connect(&args.protocol, &endpoint).await?;
+        let mut generator = TelemetryGenerator::new(connection as u64 + 1).with_run(&run_id);
+        tasks.spawn(async move {
+            let mut tally = ConnectionTally::default();
+            let mut next = Instant::now();
+            while Instant::now() < deadline {
+                if let Some(interval) = interval {
+                    let now = Instant::now();
+                    if next > now {
+                        tokio::time::sleep(next - now).await;
+                    } else if now - next > interval {
+                        tally.behind += 1;
+                    }
+                    next += interval;
+                }
+                let (body, items, spans): (Bytes, u64, u64) = match signal {
+                    Signal::Traces => {
+                        let (request, spans) = generator.traces(batch);
+                        (request.encode_to_vec().into(), batch as u64, spans)
+                    }
+                    Signal::Logs => {
+                        let (request, records) = generator.logs(batch);
+                        (request.encode_to_vec().into(), records, 0)
+                    }
+                    Signal::Metrics => {
+                        let (request, points) = generator.metrics();
+                        (request.encode_to_vec().into(), points, 0)
+                    }
+                };
+                tally.requests_sent += 1;
+                tally.items_sent += items;
+                let t0 = Instant::now();
+                match client.send(signal, body).await {
+                    Ok(()) => {
+                        tally.latencies.push(t0.elapsed());
+                        tally.requests_acknowledged += 1;
+                        tally.items_acknowledged += items;
+                        tally.spans_acknowledged += spans;
+                    }
+                    Err(status) => *tally.refusals.entry(status).or_default() += 1,
+                }
+            }
+            tally
+        });
+    }
+    let mut total = ConnectionTally::default();
+    while let Some(joined) = tasks.join_next().await {
+        let tally = joined?;
+        total.requests_sent += tally.requests_sent;
+        total.requests_acknowledged += tally.requests_acknowledged;
+        total.items_sent += tally.items_sent;
+        total.items_acknowledged += tally.items_acknowledged;
+        total.spans_acknowledged += tally.spans_acknowledged;
+        total.behind += tally.behind;
+        for (status, n) in tally.refusals {
+            *total.refusals.entry(status).or_default() += n;
+        }
+        total.latencies.extend(tally.latencies);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let database = match (&args.database_url, signal) {
+        (Some(url), Signal::Traces) => {
+            Some(database_report(url, &run_id, total.items_acknowledged).await?)
+        }
+        _ => None,
+    };
+    Ok(LoadReport {
+        protocol: args.protocol.clone(),
+        signal: args.signal.clone(),
+        connections,
+        batch,
+        target_rate: args.rate,
+        seconds,
+        requests_sent: total.requests_sent,
+        requests_acknowledged: total.requests_acknowledged,
+        items_sent: total.items_sent,
+        items_acknowledged: total.items_acknowledged,
+        items_per_second_offered: total.items_sent as f64 / seconds,
+        items_per_second_acknowledged: total.items_acknowledged as f64 / seconds,
+        requests_behind_schedule: total.behind,
+        refusals: total.refusals,
+        ack_latency_ms: Percentiles::of(&mut total.latencies),
+        spans_acknowledged: total.spans_acknowledged,
+        database,
+    })
+}
+
+/// Waits (up to 60 s) for this run's frame rows, then measures their commit latency.
+async fn database_report(url: &str, run_id: &str, frames: u64) -> anyhow::Result<DatabaseReport> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let count_sql = "SELECT count(*) FROM frame_metadata WHERE attributes->>'load.run' = $1";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut found: i64;
+    loop {
+        found = client.query_one(count_sql, &[&run_id]).await?.get(0);
+        if found as u64 >= frames || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rows = client
+        .query(
+            "SELECT (extract(epoch FROM ingested_at - time) * 1000 - processing_ms)::float8
+             FROM frame_metadata WHERE attributes->>'load.run' = $1",
+            &[&run_id],
+        )
+        .await?;
+    let mut samples: Vec<Duration> = rows
+        .iter()
+        .map(|r| Duration::from_secs_f64(r.get::<_, f64>(0).max(0.0) / 1000.0))
+        .collect();
+    Ok(DatabaseReport {
+        frames_acknowledged: frames,
+        frame_rows_found: found as u64,
+        receive_to_commit_ms: Percentiles::of(&mut samples),
+    })
+}
+
+/// The human-readable report.
+pub fn print(report: &LoadReport) {
+    let mode = if report.target_rate > 0 {
+        format!("fixed rate {} items/s", report.target_rate)
+    } else {
+        "maximum rate (closed loop)".to_owned()
+    };
+    println!(
+        "otelgate load: {} {} over {}, {} connections x batch {}, {mode}, {:.1} s",
+        report.signal,
+        report.protocol,
+        report.protocol,
+        report.connections,
+        report.batch,
+        report.seconds
+    );
+    println!(
+        "  items       offered {:.0}/s  acknowledged {:.0}/s  ({} of {} items)",
+        report.items_per_second_offered,
+        report.items_per_second_acknowledged,
+        report.items_acknowledged,
+        report.items_sent
+    );
+    println!(
+        "  requests    sent {}  acknowledged {}  behind schedule {}",
+        report.requests_sent, report.requests_acknowledged, report.requests_behind_schedule
+    );
+    if !report.refusals.is_empty() {
+        let refusals: Vec<String> = report
+            .refusals
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        println!("  refusals    {}", refusals.join(", "));
+    }
+    let p = &report.ack_latency_ms;
+    println!(
+        "  ack latency p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+        p.p50, p.p90, p.p99, p.p999, p.max
+    );
+    if let Some(db) = &report.database {
+        let p = &db.receive_to_commit_ms;
+        println!(
+            "  rows        {} frame rows found for {} frames acknowledged",
+            db.frame_rows_found, db.frames_acknowledged
+        );
+        println!("  commit      p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms (send to row committed)", p.p50, p.p90, p.p99, p.max);
+    }
+}
