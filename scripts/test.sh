@@ -15,3 +15,6 @@ cargo clippy --all-targets -- -D warnings
 
 step "cargo nextest run --no-fail-fast"
 cargo nextest run --no-fail-fast
+
+step "cargo bench --bench hot_paths -- --test (smoke run: each benchmark once)"
+cargo bench --bench hot_paths -- --test
