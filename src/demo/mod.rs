@@ -218,13 +218,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         tally.requests as f64 / secs,
         tally.errors
     );
-    tally.latencies.sort_unstable();
+    let ack = crate::load::Percentiles::of(&mut tally.latencies);
     println!(
-        "  ack latency     p50 {}  p90 {}  p99 {}  max {}",
-        fmt_ms(percentile(&tally.latencies, 0.50)),
-        fmt_ms(percentile(&tally.latencies, 0.90)),
-        fmt_ms(percentile(&tally.latencies, 0.99)),
-        fmt_ms(tally.latencies.last().copied()),
+        "  ack latency     p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        ack.p50, ack.p90, ack.p99, ack.max
     );
     for report in &reports.exporters {
         println!(
@@ -294,21 +291,6 @@ async fn send(
         }
     }
     Ok(tally)
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    Some(sorted[index])
-}
-
-fn fmt_ms(d: Option<Duration>) -> String {
-    d.map_or_else(
-        || "-".into(),
-        |d| format!("{:.2} ms", d.as_secs_f64() * 1000.0),
-    )
 }
 
 async fn ctrl_c() {
