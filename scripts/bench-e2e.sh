@@ -8,15 +8,21 @@
 #     seconds per million spans of the forwarding process; closed-loop and paced load apart.
 # Everything listens on 127.0.0.1 and stops by itself. Results: $OUT (default target/bench-e2e).
 #
-# Knobs: BENCH_SECONDS (max-rate runs, default 60), BENCH_LATENCY_SECONDS (fixed-rate runs,
-# default 30), BENCH_RATES (default "1000 10000 100000"), BENCH_SKIP_ROTEL=1, ROTEL (path of
-# rotel-agent; default: installed from PyPI into target/bench-venv).
+#  4. memory under overload: peak RSS of a gateway with a 64 MiB budget under more load than
+#     PostgreSQL can take, and the throttling answers it gave instead of growing.
+# Knobs: BENCH_SECONDS (max-rate runs, default 60), BENCH_LATENCY_SECONDS (fixed-rate and
+# forwarding runs, default 30), BENCH_RATES (default "10000 100000"), BENCH_LONG_SECONDS (the
+# original goal, 1,000 frames/s, default 300; 0 skips it), BENCH_OVERLOAD_SECONDS (default 60),
+# BENCH_SKIP_ROTEL=1, ROTEL (path of rotel-agent; default: installed from PyPI into
+# target/bench-venv).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 SECS=${BENCH_SECONDS:-60}
 LAT_SECS=${BENCH_LATENCY_SECONDS:-30}
-RATES=${BENCH_RATES:-"1000 10000 100000"}
+RATES=${BENCH_RATES:-"10000 100000"}
+LONG_SECS=${BENCH_LONG_SECONDS:-300}
+OVERLOAD_SECS=${BENCH_OVERLOAD_SECONDS:-60}
 OUT=${OUT:-target/bench-e2e}
 BIN=target/release/otelgate
 mkdir -p "$OUT"
@@ -86,6 +92,10 @@ for rate in $RATES; do
     log "2. fixed rate $rate frames/s for ${LAT_SECS}s"
     $BIN load --endpoint http://127.0.0.1:24317 -c 4 -b 50 --rate "$rate" --duration "$LAT_SECS" --database-url "$PG_URL" --json >"$OUT/gateway-rate-$rate.json"
 done
+if [ "$LONG_SECS" -gt 0 ]; then
+    log "2. the original goal: 1000 frames/s for ${LONG_SECS}s"
+    $BIN load --endpoint http://127.0.0.1:24317 -c 2 -b 10 --rate 1000 --duration "$LONG_SECS" --database-url "$PG_URL" --json >"$OUT/gateway-long-1000.json"
+fi
 kill "$GW"; wait "$GW" 2>/dev/null || true
 
 log "3. OTLP forwarding: counting backend on 127.0.0.1:25317"
@@ -159,6 +169,15 @@ if [ "${BENCH_SKIP_ROTEL:-0}" != 1 ]; then
     kill "$RT"; wait "$RT" 2>/dev/null || true
 fi
 
+log "4. memory under overload: 64 MiB budget, 32 connections, ${OVERLOAD_SECS}s"
+sed -e 's/^\[timescale\]/[pipeline]\nmemory_budget_bytes = 67108864\n[timescale]/' "$work/gateway.toml" >"$work/overload.toml"
+$BIN run --config "$work/overload.toml" 2>"$work/overload.log" &
+GW=$!; pids+=($GW)
+wait_for http://127.0.0.1:23133/readyz 30
+$BIN load --endpoint http://127.0.0.1:24317 -c 32 -b 100 --duration "$OVERLOAD_SECS" --json >"$OUT/overload.json"
+grep -E 'VmHWM|VmRSS' "/proc/$GW/status" | tr -s ' ' >"$OUT/overload-rss.txt"
+kill "$GW"; wait "$GW" 2>/dev/null || true
+
 python3 - "$OUT" "$COPY_RPS" "$GW_RPS" "$RATES" "$TSDB" <<'PY'
 import json, sys, os
 out, copy_rps, gw_rps, rates, tsdb = sys.argv[1:]
@@ -175,9 +194,18 @@ for rate in rates.split():
     c = r["database"]["receive_to_commit_ms"]
     print(f"  {rate:>7} frames/s: achieved {r['items_per_second_acknowledged']:.0f}/s, behind schedule {r['requests_behind_schedule']}, "
           f"rows {r['database']['frame_rows_found']}/{r['database']['frames_acknowledged']}, commit p50 {c['p50']:.1f} p99 {c['p99']:.1f} max {c['max']:.1f} ms")
+if os.path.exists(f"{out}/gateway-long-1000.json"):
+    r = json.load(open(f"{out}/gateway-long-1000.json"))
+    c = r["database"]["receive_to_commit_ms"]
+    print(f"     1000 frames/s for {r['seconds']:.0f} s: achieved {r['items_per_second_acknowledged']:.0f}/s, refusals {sum(r['refusals'].values())}, "
+          f"rows {r['database']['frame_rows_found']}/{r['database']['frames_acknowledged']}, commit p50 {c['p50']:.1f} p99 {c['p99']:.1f} max {c['max']:.1f} ms")
 print("\nOTLP forwarding (spans delivered to the same backend; CPU of the forwarding process)")
 for line in open(f"{out}/forwarding.jsonl"):
     f = json.loads(line)
     print(f"  {f['collector']:<9} {f['load']:>6}: delivered {f['delivered_per_second']:>7} spans/s ({f['spans_delivered']}/{f['spans_acknowledged']} acked), "
           f"{f['cpu_seconds_per_million_spans']:.2f} CPU s per million spans, ack p99 {f['ack_p99_ms']:.1f} ms")
+o = json.load(open(f"{out}/overload.json"))
+rss = open(f"{out}/overload-rss.txt").read().split()
+print(f"\nOverload with a 64 MiB budget: offered {o['items_per_second_offered']:.0f} frames/s, acknowledged {o['items_per_second_acknowledged']:.0f}/s, "
+      f"refusals {o['refusals']}, gateway {' '.join(rss)}")
 PY
