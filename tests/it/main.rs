@@ -1,9 +1,9 @@
 //! Integration tests: real gateways on 127.0.0.1:0 forwarding to in-process recording
 //! backends, driven by the OpenTelemetry SDK's OTLP exporters, raw gRPC and HTTP clients.
 
+mod deploy;
 mod faults;
 mod forwarding;
-mod deploy;
 mod inputs;
 mod lifecycle;
 mod timescale;
