@@ -114,10 +114,8 @@ impl OtlpExporter {
                 biased;
                 () = stop.cancelled() => break,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-                received = self.queue.recv() => match received {
-                    Some(payload) => self.add(&mut pending[payload.signal.index()], payload),
-                    None => break,
-                },
+                // Deadlines before the queue: under steady load a partial batch of a quiet
+                // signal still leaves on time.
                 () = sleep_until(next_deadline), if next_deadline.is_some() => {
                     let now = Instant::now();
                     pending
@@ -126,6 +124,10 @@ impl OtlpExporter {
                         .map(take)
                         .collect()
                 }
+                received = self.queue.recv() => match received {
+                    Some(payload) => self.add(&mut pending[payload.signal.index()], payload),
+                    None => break,
+                },
             };
             for batch in ready {
                 if let Err(batch) = self.launch(batch, &slots, &mut tasks, &tally, &stop).await {

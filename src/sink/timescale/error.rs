@@ -5,8 +5,8 @@ use tokio_postgres::error::SqlState;
 /// What went wrong talking to PostgreSQL.
 #[derive(Debug, thiserror::Error)]
 pub enum TimescaleSinkError {
-    #[error("cannot get a database connection: {0}")]
-    Pool(String),
+    #[error("cannot get a database connection: {}", describe_pool(.0))]
+    Pool(#[from] deadpool_postgres::PoolError),
     #[error("database error: {}", describe(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("migration {name} failed: {}", describe(.source))]
@@ -40,6 +40,13 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
     text
 }
 
+fn describe_pool(error: &deadpool_postgres::PoolError) -> String {
+    match error {
+        deadpool_postgres::PoolError::Backend(error) => describe(error),
+        other => other.to_string(),
+    }
+}
+
 /// How a failed batch write should be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -57,6 +64,13 @@ impl TimescaleSinkError {
     /// exceptions and constraint violations point at rows; everything else is permanent.
     pub fn failure(&self) -> Failure {
         let error = match self {
+            // Wrong credentials or a missing database will not fix themselves.
+            TimescaleSinkError::Pool(deadpool_postgres::PoolError::Backend(error)) => {
+                match error.code().map(|c| &c.code()[..2]) {
+                    Some("28") | Some("3D") => return Failure::Permanent,
+                    _ => return Failure::Transient,
+                }
+            }
             TimescaleSinkError::Pool(_) => return Failure::Transient,
             TimescaleSinkError::Db(error) | TimescaleSinkError::Migration { source: error, .. } => {
                 error

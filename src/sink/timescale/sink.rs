@@ -158,6 +158,21 @@ impl TimescaleSink {
                 biased;
                 () = stop.cancelled() => break,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                // Deadlines and pruning before the queue, so a backlog cannot starve them.
+                () = sleep_until(next_deadline), if next_deadline.is_some() => {
+                    let now = Instant::now();
+                    let due: Vec<usize> = (0..pending.len()).filter(|&i| pending[i].deadline.is_some_and(|d| d <= now)).collect();
+                    for index in due {
+                        if !self.launch(index, &mut pending, &slots, &mut tasks, &stop).await {
+                            break;
+                        }
+                    }
+                }
+                _ = prune.tick() => {
+                    let writer = self.writer.clone();
+                    let hours = self.ledger_retention_hours;
+                    tasks.spawn(async move { writer.prune_ledger(hours).await });
+                }
                 received = self.queue.recv() => {
                     let Some(payload) = received else { break };
                     self.extract(&payload, &mut scratch);
@@ -187,20 +202,6 @@ impl TimescaleSink {
                             break;
                         }
                     }
-                }
-                () = sleep_until(next_deadline), if next_deadline.is_some() => {
-                    let now = Instant::now();
-                    let due: Vec<usize> = (0..pending.len()).filter(|&i| pending[i].deadline.is_some_and(|d| d <= now)).collect();
-                    for index in due {
-                        if !self.launch(index, &mut pending, &slots, &mut tasks, &stop).await {
-                            break;
-                        }
-                    }
-                }
-                _ = prune.tick() => {
-                    let writer = self.writer.clone();
-                    let hours = self.ledger_retention_hours;
-                    tasks.spawn(async move { writer.prune_ledger(hours).await });
                 }
             }
             if !rejected_pending.is_empty() {
@@ -322,8 +323,9 @@ pub enum Written {
 }
 
 /// Writes one batch of binary COPY `data` (`rows` rows) with `copy_sql` in one transaction
-/// that also records `batch_id` in the ledger. With `check_ledger`, a batch id already in the
-/// ledger is not written again. Public for tests of the exactly-once contract.
+/// that first claims `batch_id` in the ledger. If the id is already there (an earlier attempt
+/// committed), or an attempt still in flight commits it while this one waits on the ledger
+/// row, nothing is written. Public for tests of the exactly-once contract.
 pub async fn copy_batch(
     pool: &Pool,
     table: &str,
@@ -331,24 +333,18 @@ pub async fn copy_batch(
     data: &Bytes,
     batch_id: uuid::Uuid,
     rows: usize,
-    check_ledger: bool,
 ) -> Result<Written, TimescaleSinkError> {
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| TimescaleSinkError::Pool(e.to_string()))?;
+    let mut client = pool.get().await.map_err(TimescaleSinkError::from)?;
     let tx = client.transaction().await?;
-    if check_ledger {
-        let found = tx
-            .query_typed_opt(
-                "SELECT 1 FROM otelgate_ledger WHERE batch_id = $1",
-                &[(&batch_id, Type::UUID)],
-            )
-            .await?;
-        if found.is_some() {
-            tx.rollback().await?;
-            return Ok(Written::AlreadyCommitted);
-        }
+    let claimed = tx
+        .execute_typed(
+            "INSERT INTO otelgate_ledger (batch_id, table_name, row_count) VALUES ($1, $2, $3) ON CONFLICT (batch_id) DO NOTHING",
+            &[(&batch_id, Type::UUID), (&table, Type::TEXT), (&(rows as i64), Type::INT8)],
+        )
+        .await?;
+    if claimed == 0 {
+        tx.rollback().await?;
+        return Ok(Written::AlreadyCommitted);
     }
     // Prepared and dropped (closed) inside the transaction: nothing outlives it on the
     // server connection, which PgBouncer in transaction mode may hand to someone else.
@@ -358,15 +354,6 @@ pub async fn copy_batch(
     sink.send(data.clone()).await?;
     sink.finish().await?;
     drop(statement);
-    tx.execute_typed(
-        "INSERT INTO otelgate_ledger (batch_id, table_name, row_count) VALUES ($1, $2, $3)",
-        &[
-            (&batch_id, Type::UUID),
-            (&table, Type::TEXT),
-            (&(rows as i64), Type::INT8),
-        ],
-    )
-    .await?;
     tx.commit().await?;
     Ok(Written::Committed)
 }
@@ -452,10 +439,7 @@ impl Writer {
         });
         let mut attempt = 0u32;
         loop {
-            let error = match self
-                .try_write(target, &data, batch_id, rows.len(), attempt > 0)
-                .await
-            {
+            let error = match self.try_write(target, &data, batch_id, rows.len()).await {
                 Ok(written) => {
                     if matches!(written, Written::AlreadyCommitted) {
                         metrics::counter!(telemetry::SINK_LEDGER_SKIPS, "table" => target.table.clone()).increment(1);
@@ -490,7 +474,6 @@ impl Writer {
         data: &Bytes,
         batch_id: uuid::Uuid,
         rows: usize,
-        check_ledger: bool,
     ) -> Result<Written, TimescaleSinkError> {
         let started = std::time::Instant::now();
         let written = copy_batch(
@@ -500,7 +483,6 @@ impl Writer {
             data,
             batch_id,
             rows,
-            check_ledger,
         )
         .await?;
         if matches!(written, Written::Committed) {
@@ -512,11 +494,7 @@ impl Writer {
 
     async fn prune_ledger(&self, hours: u64) {
         let result = async {
-            let client = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| TimescaleSinkError::Pool(e.to_string()))?;
+            let client = self.pool.get().await.map_err(TimescaleSinkError::from)?;
             // `hours` is a number from the config, not user data.
             let sql = format!(
                 "DELETE FROM otelgate_ledger WHERE committed_at < now() - interval '{hours} hours'"
