@@ -46,7 +46,7 @@ apt_install() {
 }
 
 # PostgreSQL's server programs: the demo and the database tests start throwaway clusters.
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${OTELGATE_PG_BIN:-}" ]; then
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${PG_BIN_DIR:-}" ]; then
     apt_install postgresql
 fi
 if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use otelgate::{demo, telemetry, Config, Gateway};
 
@@ -89,7 +90,10 @@ async fn migrate(path: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let extractor = Extractor::new(&timescale).map_err(anyhow::Error::msg)?;
     let pool = pool(&timescale)?;
-    let mut client = pool.get().await?;
+    let mut client = pool
+        .get()
+        .await
+        .context("cannot connect to PostgreSQL (timescale.url)")?;
     let info = migrate(&mut client, &timescale, extractor.mappings()).await?;
     match &info.timescaledb {
         Some(version) => println!("TimescaleDB {version}"),
@@ -115,17 +119,22 @@ async fn load(args: otelgate::load::LoadArgs) -> anyhow::Result<()> {
 
 fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(path.as_deref())?;
+    let exporters = config.exporters.keys().cloned().collect::<Vec<_>>();
     println!(
-        "config OK: gRPC {}, HTTP {}, admin {}, exporters: {}",
+        "config OK: gRPC {}, HTTP {}, admin {}, exporters: {}, TimescaleDB sink: {}",
         config.receiver.grpc_endpoint,
         config.receiver.http_endpoint,
         config.telemetry.admin_endpoint,
-        config
-            .exporters
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ")
+        if exporters.is_empty() {
+            "none".into()
+        } else {
+            exporters.join(", ")
+        },
+        if config.timescale.is_some() {
+            "on"
+        } else {
+            "off"
+        },
     );
     Ok(())
 }

@@ -154,6 +154,12 @@ pub fn prometheus() -> &'static PrometheusHandle {
             })
             .and_then(|b| {
                 b.set_buckets_for_metric(
+                    Matcher::Suffix("_rows".into()),
+                    &[1.0, 10.0, 100.0, 1000.0, 10_000.0, 100_000.0],
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
                     Matcher::Suffix("_bytes".into()),
                     &[
                         1024.0,
@@ -232,6 +238,31 @@ fn describe_metrics() {
         Unit::Bytes,
         "Bytes per exported batch."
     );
+    describe_counter!(SINK_ROWS, "Rows committed by the TimescaleDB sink.");
+    describe_counter!(
+        SINK_REJECTED_ROWS,
+        "Records or rows kept in otelgate_rejected_rows."
+    );
+    describe_counter!(SINK_FAILED_ROWS, "Rows the TimescaleDB sink gave up on.");
+    describe_counter!(
+        SINK_RETRIES,
+        "Batch writes retried after a transient failure."
+    );
+    describe_counter!(
+        SINK_LEDGER_SKIPS,
+        "Retried batches found already committed."
+    );
+    describe_histogram!(SINK_BATCH_ROWS, "Rows per COPY batch.");
+    describe_histogram!(
+        SINK_COPY_SECONDS,
+        Unit::Seconds,
+        "Time of one committed batch write."
+    );
+    describe_histogram!(
+        SINK_RECEIVE_TO_COMMIT_SECONDS,
+        Unit::Seconds,
+        "From accepting the oldest request of a batch to its commit."
+    );
     describe_histogram!(
         EXPORTER_LATENCY_SECONDS,
         Unit::Seconds,
@@ -252,7 +283,8 @@ pub const SINK_RETRIES: &str = "otelgate_sink_retries_total";
 pub const SINK_LEDGER_SKIPS: &str = "otelgate_sink_ledger_skips_total";
 /// Rows per COPY batch. Labels: table.
 pub const SINK_BATCH_ROWS: &str = "otelgate_sink_batch_rows";
-/// Seconds of one COPY transaction (BEGIN to COMMIT). Labels: table.
+/// Seconds of one committed batch write: getting a connection, BEGIN, ledger row, COPY,
+/// COMMIT. Labels: table.
 pub const SINK_COPY_SECONDS: &str = "otelgate_sink_copy_seconds";
 /// Seconds from the receiver accepting the oldest request of a batch to its commit. Labels: table.
 pub const SINK_RECEIVE_TO_COMMIT_SECONDS: &str = "otelgate_sink_receive_to_commit_seconds";

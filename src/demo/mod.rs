@@ -65,7 +65,29 @@ struct ClientTally {
     latencies: Vec<Duration>,
 }
 
+/// Runs the demo. The first Ctrl-C stops the sending and lets the demo report and clean up;
+/// a second one quits at once (the throwaway PostgreSQL is still stopped and removed).
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let interrupted = {
+        let stop = stop.clone();
+        async move {
+            ctrl_c().await;
+            stop.store(true, Ordering::Relaxed);
+            eprintln!("  interrupted: finishing up (Ctrl-C again to quit at once)");
+            ctrl_c().await;
+        }
+    };
+    tokio::select! {
+        result = run_until(args, stop) => result,
+        () = interrupted => {
+            eprintln!("  quit; cleaning up");
+            Ok(())
+        }
+    }
+}
+
+async fn run_until(args: DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     crate::telemetry::init_logging(&crate::telemetry::TelemetryConfig {
         log_level: "warn".into(),
         ..Default::default()
@@ -134,7 +156,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.seconds, args.connections
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
     let endpoint = format!("http://{}", gateway.grpc_addr());
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.seconds);
@@ -161,13 +182,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     };
-    tokio::select! {
-        result = collect => result?,
-        () = ctrl_c() => {
-            stop.store(true, Ordering::Relaxed);
-            println!("  interrupted; stopping.");
-        }
-    }
+    collect.await?;
     let sending = started.elapsed();
 
     // Wait (bounded) for both backends to receive everything that was acknowledged.

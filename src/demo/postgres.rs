@@ -7,9 +7,9 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-/// Where PostgreSQL's server programs are looked for, in order: `$OTELGATE_PG_BIN`, then the
+/// Where PostgreSQL's server programs are looked for, in order: `$PG_BIN_DIR`, then the
 /// newest `/usr/lib/postgresql/<version>/bin`, then `pg_config --bindir`.
-pub const PG_BIN_ENV: &str = "OTELGATE_PG_BIN";
+pub const PG_BIN_ENV: &str = "PG_BIN_DIR";
 
 /// A running throwaway cluster.
 #[derive(Debug)]

@@ -37,6 +37,10 @@ const fn default_ledger_retention_hours() -> u64 {
     24
 }
 
+const fn default_rejected_retention_days() -> u64 {
+    7
+}
+
 /// Price of a model, in US dollars per million tokens.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -55,7 +59,7 @@ pub struct TimescaleSinkConfig {
     /// Connections, and so COPY batches in flight at once.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
-    /// Rows per COPY batch (per table).
+    /// Rows per COPY batch (per mapping: a table written by two mappings gets two batches).
     #[serde(default = "default_max_rows")]
     pub max_rows: usize,
     /// A batch is written at the latest this long after its first row arrived.
@@ -77,6 +81,9 @@ pub struct TimescaleSinkConfig {
     /// Ledger rows (one per committed batch) are pruned after this many hours.
     #[serde(default = "default_ledger_retention_hours")]
     pub ledger_retention_hours: u64,
+    /// Rows of `otelgate_rejected_rows` are pruned after this many days.
+    #[serde(default = "default_rejected_retention_days")]
+    pub rejected_retention_days: u64,
     /// Prices used for `llm_requests.cost_usd`, keyed by model name (response model first,
     /// then request model).
     #[serde(default)]
@@ -101,6 +108,7 @@ impl TimescaleSinkConfig {
             retention_days: default_retention_days(),
             max_elapsed_ms: default_max_elapsed_ms(),
             ledger_retention_hours: default_ledger_retention_hours(),
+            rejected_retention_days: default_rejected_retention_days(),
             llm_prices: BTreeMap::new(),
             mappings: Vec::new(),
             queue: QueueConfig::default(),
@@ -123,6 +131,12 @@ impl TimescaleSinkConfig {
             return Err(ConfigError::invalid(
                 "timescale",
                 "pool_size and max_rows must be at least 1",
+            ));
+        }
+        if self.ledger_retention_hours.saturating_mul(3_600_000) <= self.max_elapsed_ms {
+            return Err(ConfigError::invalid(
+                "timescale.ledger_retention_hours",
+                "must outlast max_elapsed_ms, or ledger rows of batches still being retried could be pruned",
             ));
         }
         super::mapping::compile(self).map_err(|e| ConfigError::invalid("timescale.mappings", e))?;

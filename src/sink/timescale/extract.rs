@@ -220,6 +220,7 @@ impl Record<'_> {
                 .find_map(|k| match find(attributes, k)?.value.as_ref()? {
                     any_value::Value::IntValue(i) => Some(*i as f64),
                     any_value::Value::DoubleValue(d) => Some(*d),
+                    any_value::Value::StringValue(s) => s.trim().parse().ok(),
                     _ => None,
                 })
         };

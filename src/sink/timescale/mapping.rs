@@ -205,6 +205,9 @@ pub fn valid_identifier(name: &str) -> bool {
         && !name.starts_with("pg_")
 }
 
+/// Tables of otelgate's own bookkeeping; mappings may not write them.
+const INTERNAL_PREFIX: &str = "otelgate_";
+
 fn parse_source(text: &str) -> Result<Source, String> {
     let (kind, rest) = text
         .split_once(':')
@@ -250,6 +253,11 @@ impl Field {
 
 fn compile_one(config: &MappingConfig) -> Result<Mapping, String> {
     let table = &config.table;
+    if table.starts_with(INTERNAL_PREFIX) {
+        return Err(format!(
+            "table `{table}`: names starting with {INTERNAL_PREFIX} are otelgate's own"
+        ));
+    }
     if !valid_identifier(table) {
         return Err(format!(
             "table `{table}`: use lower-case letters, digits and `_` (at most 63, not starting with pg_)"

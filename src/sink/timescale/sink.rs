@@ -85,6 +85,7 @@ pub struct TimescaleSink {
     max_wait: Duration,
     pool_size: usize,
     ledger_retention_hours: u64,
+    rejected_retention_days: u64,
 }
 
 /// Builds the connection pool for `config.url`. Connections are made on first use.
@@ -140,6 +141,7 @@ impl TimescaleSink {
             max_wait: config.max_wait(),
             pool_size: config.pool_size,
             ledger_retention_hours: config.ledger_retention_hours,
+            rejected_retention_days: config.rejected_retention_days,
         }
     }
 
@@ -170,8 +172,8 @@ impl TimescaleSink {
                 }
                 _ = prune.tick() => {
                     let writer = self.writer.clone();
-                    let hours = self.ledger_retention_hours;
-                    tasks.spawn(async move { writer.prune_ledger(hours).await });
+                    let (hours, days) = (self.ledger_retention_hours, self.rejected_retention_days);
+                    tasks.spawn(async move { writer.prune(hours, days).await });
                 }
                 received = self.queue.recv() => {
                     let Some(payload) = received else { break };
@@ -227,6 +229,10 @@ impl TimescaleSink {
         }
         tasks.shutdown().await;
         let mut rows_undelivered = self.writer.tally.in_flight.load(Ordering::Relaxed);
+        if rows_undelivered > 0 {
+            metrics::counter!(telemetry::SINK_FAILED_ROWS, "table" => "(in flight)", "reason" => reason::SHUTDOWN)
+                .increment(rows_undelivered);
+        }
         for (slot, target) in pending.iter().zip(&self.targets) {
             if !slot.rows.is_empty() {
                 rows_undelivered += slot.rows.len() as u64;
@@ -492,19 +498,21 @@ impl Writer {
         Ok(written)
     }
 
-    async fn prune_ledger(&self, hours: u64) {
+    /// Deletes ledger rows older than `hours` and rejected rows older than `days`.
+    async fn prune(&self, hours: u64, days: u64) {
         let result = async {
             let client = self.pool.get().await.map_err(TimescaleSinkError::from)?;
-            // `hours` is a number from the config, not user data.
+            // Both numbers come from the config, not from user data.
             let sql = format!(
-                "DELETE FROM otelgate_ledger WHERE committed_at < now() - interval '{hours} hours'"
+                "DELETE FROM otelgate_ledger WHERE committed_at < now() - interval '{hours} hours';
+                 DELETE FROM otelgate_rejected_rows WHERE time < now() - interval '{days} days';"
             );
             client.batch_execute(&sql).await?;
             Ok::<_, TimescaleSinkError>(())
         }
         .await;
         if let Err(error) = result {
-            tracing::warn!(%error, "Cannot prune the ledger; will try again later.");
+            tracing::warn!(%error, "Cannot prune the ledger and rejected rows; will try again later.");
         }
     }
 }
