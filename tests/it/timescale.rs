@@ -831,11 +831,11 @@ async fn timescaledb_hypertables_compression_aggregates_and_retention() {
         "detections_per_class_hourly",
         "detections_per_camera_daily",
     ] {
-        db.batch_execute(&format!(
-            "CALL refresh_continuous_aggregate('{view}', NULL, NULL)"
-        ))
-        .await
-        .unwrap();
+        run_exclusive(
+            &db,
+            &format!("CALL refresh_continuous_aggregate('{view}', NULL, NULL)"),
+        )
+        .await;
     }
     let aggregate = "SELECT bucket, camera_id, frames FROM frames_per_camera_hourly ORDER BY 1, 2";
     let plain = "SELECT time_bucket(INTERVAL '1 hour', time), camera_id, count(*) FROM frame_metadata GROUP BY 1, 2 ORDER BY 1, 2";
@@ -895,9 +895,7 @@ async fn timescaledb_hypertables_compression_aggregates_and_retention() {
         .await
         .unwrap()
         .get(0);
-    db.batch_execute(&format!("CALL run_job({job})"))
-        .await
-        .unwrap();
+    run_exclusive(&db, &format!("CALL run_job({job})")).await;
     assert_eq!(
         count(
             &db,
@@ -997,4 +995,22 @@ async fn frame_and_detection_log_records_become_rows() {
     assert_eq!(detection.get::<_, String>(0), "forklift");
     assert_eq!(detection.get::<_, f64>(1), 0.9);
     gateway.shutdown().await;
+}
+
+/// Runs a TimescaleDB job or refresh, retrying while the scheduler runs the same one
+/// (SQLSTATE 55P03, "concurrent refresh").
+pub async fn run_exclusive(db: &tokio_postgres::Client, sql: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match db.batch_execute(sql).await {
+            Ok(()) => return,
+            Err(error)
+                if error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(error) => panic!("{sql}: {error:?}"),
+        }
+    }
 }
