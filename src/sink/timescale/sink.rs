@@ -154,6 +154,7 @@ impl TimescaleSink {
         let mut scratch = self.extractor.batch();
         let mut prune = tokio::time::interval(Duration::from_secs(600));
         let mut requests_undelivered = 0;
+        let mut rejection_log = RateLimitedLog::default();
         loop {
             let next_deadline = pending.iter().filter_map(|p| p.deadline).min();
             tokio::select! {
@@ -161,13 +162,15 @@ impl TimescaleSink {
                 () = stop.cancelled() => break,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
                 // Deadlines and pruning before the queue, so a backlog cannot starve them.
-                () = sleep_until(next_deadline), if next_deadline.is_some() => {
+                // A batch past its deadline leaves as soon as a connection is free. While all
+                // are busy it keeps growing (up to max_rows), so a slow database gets fewer,
+                // larger transactions instead of a queue of small ones.
+                () = sleep_until(next_deadline), if next_deadline.is_some() && slots.available_permits() > 0 => {
                     let now = Instant::now();
                     let due: Vec<usize> = (0..pending.len()).filter(|&i| pending[i].deadline.is_some_and(|d| d <= now)).collect();
                     for index in due {
-                        if !self.launch(index, &mut pending, &slots, &mut tasks, &stop).await {
-                            break;
-                        }
+                        let Ok(permit) = slots.clone().try_acquire_owned() else { break };
+                        self.start(index, &mut pending, permit, &mut tasks);
                     }
                 }
                 _ = prune.tick() => {
@@ -190,7 +193,7 @@ impl TimescaleSink {
                     }
                     for rejected in scratch.rejected.drain(..) {
                         metrics::counter!(telemetry::SINK_REJECTED_ROWS, "table" => rejected.table.clone(), "reason" => "conversion").increment(1);
-                        tracing::debug!(table = %rejected.table, reason = %rejected.reason, "Record rejected.");
+                        rejection_log.note(&rejected.table, &rejected.reason);
                         rejected_pending.push(vec![
                             Cell::Timestamp(now_nanos()),
                             Cell::Text(rejected.table),
@@ -281,6 +284,18 @@ impl TimescaleSink {
             permit = slots.clone().acquire_owned() => permit.expect("never closed"),
             () = stop.cancelled() => return false,
         };
+        self.start(index, pending, permit, tasks);
+        true
+    }
+
+    /// Writes target `index`'s pending rows on the connection slot `permit`.
+    fn start(
+        &self,
+        index: usize,
+        pending: &mut [Pending],
+        permit: tokio::sync::OwnedSemaphorePermit,
+        tasks: &mut JoinSet<()>,
+    ) {
         let slot = std::mem::take(&mut pending[index]);
         let target = self.targets[index].clone();
         let writer = self.writer.clone();
@@ -295,7 +310,33 @@ impl TimescaleSink {
             drop(slot.payloads);
             drop(permit);
         });
-        true
+    }
+}
+
+/// Logs conversion rejections at most once per interval, with how many were not logged.
+#[derive(Default)]
+struct RateLimitedLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    fn note(&mut self, table: &str, reason: &str) {
+        let now = Instant::now();
+        if self.last.is_some_and(|last| now - last < Self::INTERVAL) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            table,
+            reason,
+            similar_since_last_warning = self.suppressed,
+            "Record rejected; kept in otelgate_rejected_rows."
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
     }
 }
 
