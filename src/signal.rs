@@ -79,41 +79,45 @@ impl Signal {
 
     /// Validates a protobuf `Export*ServiceRequest` body and counts its items.
     pub fn count_protobuf(self, body: &[u8]) -> Result<u64, DecodeError> {
-        let err = |source| DecodeError::Protobuf {
+        let counted = match self {
+            Signal::Traces => count::<ExportTraceServiceRequest>(body),
+            Signal::Metrics => count::<ExportMetricsServiceRequest>(body),
+            Signal::Logs => count::<ExportLogsServiceRequest>(body),
+        };
+        counted.map_err(|source| DecodeError::Protobuf {
             signal: self,
             source,
-        };
-        Ok(match self {
-            Signal::Traces => count_traces(&ExportTraceServiceRequest::decode(body).map_err(err)?),
-            Signal::Metrics => {
-                count_metrics(&ExportMetricsServiceRequest::decode(body).map_err(err)?)
-            }
-            Signal::Logs => count_logs(&ExportLogsServiceRequest::decode(body).map_err(err)?),
         })
     }
 
     /// Parses an OTLP/JSON body and returns it as protobuf, with its item count. Protobuf is
     /// the one form the pipeline carries, so JSON is converted exactly once, here.
     pub fn json_to_protobuf(self, body: &[u8]) -> Result<(Bytes, u64), DecodeError> {
-        let err = |source| DecodeError::Json {
+        let converted = match self {
+            Signal::Traces => from_json::<ExportTraceServiceRequest>(body),
+            Signal::Metrics => from_json::<ExportMetricsServiceRequest>(body),
+            Signal::Logs => from_json::<ExportLogsServiceRequest>(body),
+        };
+        converted.map_err(|source| DecodeError::Json {
             signal: self,
             source,
-        };
-        Ok(match self {
-            Signal::Traces => {
-                let req: ExportTraceServiceRequest = serde_json::from_slice(body).map_err(err)?;
-                (req.encode_to_vec().into(), count_traces(&req))
-            }
-            Signal::Metrics => {
-                let req: ExportMetricsServiceRequest = serde_json::from_slice(body).map_err(err)?;
-                (req.encode_to_vec().into(), count_metrics(&req))
-            }
-            Signal::Logs => {
-                let req: ExportLogsServiceRequest = serde_json::from_slice(body).map_err(err)?;
-                (req.encode_to_vec().into(), count_logs(&req))
-            }
         })
     }
+}
+
+/// What the three `Export*ServiceRequest` types share.
+trait ExportRequest: Message + Default + serde::de::DeserializeOwned {
+    /// Spans, metric data points or log records.
+    fn items(&self) -> u64;
+}
+
+fn count<R: ExportRequest>(body: &[u8]) -> Result<u64, prost::DecodeError> {
+    Ok(R::decode(body)?.items())
+}
+
+fn from_json<R: ExportRequest>(body: &[u8]) -> Result<(Bytes, u64), serde_json::Error> {
+    let request: R = serde_json::from_slice(body)?;
+    Ok((request.encode_to_vec().into(), request.items()))
 }
 
 impl fmt::Display for Signal {
@@ -122,37 +126,43 @@ impl fmt::Display for Signal {
     }
 }
 
-fn count_traces(req: &ExportTraceServiceRequest) -> u64 {
-    req.resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len() as u64)
-        .sum()
+impl ExportRequest for ExportTraceServiceRequest {
+    fn items(&self) -> u64 {
+        self.resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len() as u64)
+            .sum()
+    }
 }
 
-fn count_logs(req: &ExportLogsServiceRequest) -> u64 {
-    req.resource_logs
-        .iter()
-        .flat_map(|r| &r.scope_logs)
-        .map(|s| s.log_records.len() as u64)
-        .sum()
+impl ExportRequest for ExportLogsServiceRequest {
+    fn items(&self) -> u64 {
+        self.resource_logs
+            .iter()
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len() as u64)
+            .sum()
+    }
 }
 
 /// Metrics are counted in data points, the unit OTLP's `partial_success` uses.
-fn count_metrics(req: &ExportMetricsServiceRequest) -> u64 {
-    req.resource_metrics
-        .iter()
-        .flat_map(|r| &r.scope_metrics)
-        .flat_map(|s| &s.metrics)
-        .map(|m| match &m.data {
-            Some(Data::Gauge(g)) => g.data_points.len() as u64,
-            Some(Data::Sum(s)) => s.data_points.len() as u64,
-            Some(Data::Histogram(h)) => h.data_points.len() as u64,
-            Some(Data::ExponentialHistogram(h)) => h.data_points.len() as u64,
-            Some(Data::Summary(s)) => s.data_points.len() as u64,
-            None => 0,
-        })
-        .sum()
+impl ExportRequest for ExportMetricsServiceRequest {
+    fn items(&self) -> u64 {
+        self.resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            .map(|m| match &m.data {
+                Some(Data::Gauge(g)) => g.data_points.len() as u64,
+                Some(Data::Sum(s)) => s.data_points.len() as u64,
+                Some(Data::Histogram(h)) => h.data_points.len() as u64,
+                Some(Data::ExponentialHistogram(h)) => h.data_points.len() as u64,
+                Some(Data::Summary(s)) => s.data_points.len() as u64,
+                None => 0,
+            })
+            .sum()
+    }
 }
 
 /// The `partial_success` part of any `Export*ServiceResponse`. The three responses share one

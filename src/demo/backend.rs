@@ -84,7 +84,6 @@ struct Recorder {
     bodies: Mutex<[Vec<Bytes>; 3]>,
     items: [AtomicU64; 3],
     requests: AtomicU64,
-    failed: AtomicU64,
     script: Mutex<VecDeque<Failure>>,
     headers: Mutex<Option<HeaderMap>>,
     /// While true, requests wait (a hung backend).
@@ -119,7 +118,6 @@ impl RecordingBackend {
             bodies: Mutex::default(),
             items: Default::default(),
             requests: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
             script: Mutex::default(),
             headers: Mutex::default(),
             hang: watch::channel(false).0,
@@ -176,11 +174,6 @@ impl RecordingBackend {
     /// Requests received, whatever the answer.
     pub fn requests(&self) -> u64 {
         self.recorder.requests.load(Ordering::SeqCst)
-    }
-
-    /// Requests answered with a scripted failure.
-    pub fn failed_requests(&self) -> u64 {
-        self.recorder.failed.load(Ordering::SeqCst)
     }
 
     /// The bodies of successful requests of `signal`, decompressed, in arrival order.
@@ -252,7 +245,6 @@ impl Recorder {
                 ..
             }) => rejected,
             Some(failure) => {
-                self.failed.fetch_add(1, Ordering::SeqCst);
                 return Err(failure);
             }
             None => 0,

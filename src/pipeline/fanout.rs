@@ -52,11 +52,6 @@ impl Fanout {
         });
     }
 
-    /// Whether any destination takes `signal`.
-    pub fn takes(&self, signal: Signal) -> bool {
-        self.destinations.iter().any(|d| d.signals[signal.index()])
-    }
-
     /// Queues `payload` for every destination taking its signal.
     pub async fn dispatch(&self, payload: Arc<Payload>) -> Result<(), DispatchError> {
         let signal = payload.signal;

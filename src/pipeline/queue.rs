@@ -70,6 +70,8 @@ pub struct QueueStats {
     name: Arc<str>,
     depth: AtomicU64,
     bytes: AtomicU64,
+    depth_gauge: metrics::Gauge,
+    bytes_gauge: metrics::Gauge,
 }
 
 impl QueueStats {
@@ -87,9 +89,11 @@ impl QueueStats {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    fn add(&self, payload: &Payload, sign: i64) {
+    /// Counts a payload in (`entering`) or out of the queue and updates the gauges, whose
+    /// handles are registered once, so this allocates nothing per request.
+    fn count(&self, payload: &Payload, entering: bool) {
         let len = payload.body.len() as u64;
-        let (depth, bytes) = if sign > 0 {
+        let (depth, bytes) = if entering {
             (
                 self.depth.fetch_add(1, Ordering::Relaxed) + 1,
                 self.bytes.fetch_add(len, Ordering::Relaxed) + len,
@@ -100,10 +104,8 @@ impl QueueStats {
                 self.bytes.fetch_sub(len, Ordering::Relaxed) - len,
             )
         };
-        let name = self.name.to_string();
-        metrics::gauge!(telemetry::EXPORTER_QUEUE_DEPTH, "exporter" => name.clone())
-            .set(depth as f64);
-        metrics::gauge!(telemetry::EXPORTER_QUEUE_BYTES, "exporter" => name).set(bytes as f64);
+        self.depth_gauge.set(depth as f64);
+        self.bytes_gauge.set(bytes as f64);
     }
 }
 
@@ -129,6 +131,8 @@ pub fn queue(name: &str, capacity: usize) -> (QueueSender, QueueReceiver) {
         name: name.into(),
         depth: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
+        depth_gauge: metrics::gauge!(telemetry::EXPORTER_QUEUE_DEPTH, "exporter" => name.to_owned()),
+        bytes_gauge: metrics::gauge!(telemetry::EXPORTER_QUEUE_BYTES, "exporter" => name.to_owned()),
     });
     (
         QueueSender {
@@ -147,7 +151,7 @@ pub struct Reserved<'a> {
 
 impl Reserved<'_> {
     pub fn send(self, payload: Arc<Payload>) {
-        self.gauges.add(&payload, 1);
+        self.gauges.count(&payload, true);
         self.permit.send(payload);
     }
 }
@@ -195,7 +199,7 @@ impl QueueReceiver {
     /// The next payload, or `None` once the queue is closed and empty.
     pub async fn recv(&mut self) -> Option<Arc<Payload>> {
         let payload = self.rx.recv().await?;
-        self.gauges.add(&payload, -1);
+        self.gauges.count(&payload, false);
         Some(payload)
     }
 
@@ -203,7 +207,7 @@ impl QueueReceiver {
     pub fn drain_now(&mut self) -> Vec<Arc<Payload>> {
         let mut left = Vec::new();
         while let Ok(payload) = self.rx.try_recv() {
-            self.gauges.add(&payload, -1);
+            self.gauges.count(&payload, false);
             left.push(payload);
         }
         left

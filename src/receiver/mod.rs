@@ -225,14 +225,6 @@ impl Ingest {
         self.max_request_bytes
     }
 
-    pub fn budget(&self) -> &MemoryBudget {
-        &self.budget
-    }
-
-    pub fn fanout(&self) -> &Fanout {
-        &self.fanout
-    }
-
     /// Checks an `Authorization` header value against the configured tokens.
     pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<(), IngestError> {
         if self.tokens.is_empty() {

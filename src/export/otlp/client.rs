@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use prost::Message;
 use tonic::codec::CompressionEncoding;
-use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::metadata::MetadataMap;
 use tonic::transport::{Certificate, Channel, Endpoint, Identity};
 
 use super::config::{ClientTlsConfig, Compression, OtlpExporterConfig, Protocol};
@@ -102,14 +102,7 @@ impl OtlpClient {
             Compression::Gzip => grpc = grpc.send_compressed(CompressionEncoding::Gzip),
             Compression::Zstd => grpc = grpc.send_compressed(CompressionEncoding::Zstd),
         }
-        let mut metadata = MetadataMap::new();
-        for (name, value) in &config.headers {
-            let key = MetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes())
-                .map_err(|e| OtlpExportError::Setup(format!("header `{name}`: {e}")))?;
-            let value = MetadataValue::try_from(value.as_str())
-                .map_err(|e| OtlpExportError::Setup(format!("header `{name}`: {e}")))?;
-            metadata.insert(key, value);
-        }
+        let metadata = MetadataMap::from_headers(configured_headers(config)?);
         Ok(OtlpClient::Grpc { grpc, metadata })
     }
 
@@ -135,14 +128,7 @@ impl OtlpClient {
                 builder = builder.identity(reqwest::Identity::from_pem(&cert).map_err(setup)?);
             }
         }
-        let mut headers = http::HeaderMap::new();
-        for (name, value) in &config.headers {
-            let name = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-                .map_err(|e| OtlpExportError::Setup(format!("header `{name}`: {e}")))?;
-            let value = http::HeaderValue::from_str(value)
-                .map_err(|e| OtlpExportError::Setup(format!("header `{name}`: {e}")))?;
-            headers.insert(name, value);
-        }
+        let mut headers = configured_headers(config)?;
         headers.insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/x-protobuf"),
@@ -220,6 +206,20 @@ impl OtlpClient {
             }
         }
     }
+}
+
+/// The exporter's `headers`, as HTTP headers (gRPC metadata is built from the same map).
+fn configured_headers(config: &OtlpExporterConfig) -> Result<http::HeaderMap, OtlpExportError> {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &config.headers {
+        let invalid =
+            |e: &dyn std::fmt::Display| OtlpExportError::Setup(format!("header `{name}`: {e}"));
+        let key = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+            .map_err(|e| invalid(&e))?;
+        let value = http::HeaderValue::from_str(value).map_err(|e| invalid(&e))?;
+        headers.insert(key, value);
+    }
+    Ok(headers)
 }
 
 fn partial_success(body: &[u8]) -> Option<PartialSuccess> {
