@@ -16,9 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminState;
 use crate::export::otlp::{ExportReport, OtlpClient, OtlpExporter};
-use crate::pipeline::{queue, Fanout, MemoryBudget};
+use crate::pipeline::log::Log;
+use crate::pipeline::{queue, Dispatcher, Fanout, MemoryBudget};
 use crate::receiver::{self, Ingest};
-use crate::sink::timescale::{self as timescale, Extractor, SchemaInfo, SinkReport, TimescaleSink};
+use crate::sink::timescale::{
+    self as timescale, Committed, Extractor, LogLedger, SchemaInfo, SinkReport, TimescaleSink,
+};
 use crate::{net, telemetry, Config};
 
 /// A running gateway.
@@ -38,6 +41,12 @@ pub struct Gateway {
     exporters: JoinSet<ExportReport>,
     /// The TimescaleDB sink's worker, stopped with the exporters.
     sink: Option<JoinHandle<SinkReport>>,
+    /// The durable log, when on, with its destinations' readers and its maintenance task.
+    log: Option<Arc<Log>>,
+    readers: JoinSet<()>,
+    readers_stop: CancellationToken,
+    maintenance_stop: CancellationToken,
+    maintenance: Option<JoinHandle<()>>,
     admin_stop: CancellationToken,
     admin_task: JoinHandle<()>,
 }
@@ -57,13 +66,35 @@ impl Gateway {
         let mut exporters = JoinSet::new();
         let mut fanout = Fanout::default();
         let mut queues = Vec::new();
+        let log = if config.log.enabled {
+            Some(Arc::new(Log::open(&config.log)?))
+        } else {
+            tracing::warn!("The durable log is off (log.enabled = false): requests not yet delivered are lost if the process crashes or is killed.");
+            None
+        };
+        let readers_stop = CancellationToken::new();
+        let mut readers = JoinSet::new();
+        let mut signals = [false; 3];
         for (name, exporter) in &config.exporters {
             let client = OtlpClient::new(exporter)
                 .with_context(|| format!("exporter `{name}` cannot be set up"))?;
             let (tx, rx) = queue(name, exporter.queue.capacity);
             queues.push(tx.stats());
-            fanout.add(name, &exporter.signals, tx, exporter.queue.clone());
-            let worker = OtlpExporter::new(name, exporter, client, rx);
+            for signal in &exporter.signals {
+                signals[signal.index()] = true;
+            }
+            let mut exporter = exporter.clone();
+            match &log {
+                Some(log) => {
+                    // The log keeps what is not delivered: retry until delivered or stopped.
+                    exporter.retry.max_elapsed_ms = u64::MAX;
+                    let reader =
+                        log.reader(name, &exporter.signals, tx, exporter.queue.max_lag_bytes)?;
+                    readers.spawn(reader.run(readers_stop.clone()));
+                }
+                None => fanout.add(name, &exporter.signals, tx, exporter.queue.clone()),
+            }
+            let worker = OtlpExporter::new(name, &exporter, client, rx);
             exporters.spawn(worker.run(exporters_stop.clone()));
         }
         let mut sink = None;
@@ -75,20 +106,68 @@ impl Gateway {
             if let Some(warning) = info.warning() {
                 tracing::warn!("{warning}.");
             }
-            let signals: Vec<_> = crate::Signal::ALL
+            let sink_signals: Vec<_> = crate::Signal::ALL
                 .into_iter()
                 .filter(|s| extractor.takes(*s))
                 .collect();
             let (tx, rx) = queue("timescale", config.queue.capacity);
             queues.push(tx.stats());
-            fanout.add("timescale", &signals, tx, config.queue.clone());
-            let worker = TimescaleSink::new(config, extractor, pool, rx);
+            for signal in &sink_signals {
+                signals[signal.index()] = true;
+            }
+            let ledger = match &log {
+                Some(log) => {
+                    let reader =
+                        log.reader("timescale", &sink_signals, tx, config.queue.max_lag_bytes)?;
+                    let replay_until = log.opened_at().seq;
+                    let committed = if reader.start().seq < replay_until {
+                        let committed = Committed::load(&pool, log.id(), reader.start().seq)
+                            .await
+                            .context("cannot read the ledger to resume from the log")?;
+                        tracing::info!(
+                            ledger_rows = committed.len(),
+                            "Rows committed before the restart will be skipped."
+                        );
+                        committed
+                    } else {
+                        Committed::default()
+                    };
+                    readers.spawn(reader.run(readers_stop.clone()));
+                    Some(LogLedger {
+                        log_id: log.id(),
+                        replay_until,
+                        committed,
+                    })
+                }
+                None => {
+                    fanout.add("timescale", &sink_signals, tx, config.queue.clone());
+                    None
+                }
+            };
+            let worker = TimescaleSink::new(config, extractor, pool, rx, ledger);
             sink = Some(tokio::spawn(worker.run(exporters_stop.clone())));
             schema = Some(info);
         }
+        let (dispatcher, maintenance_stop, maintenance) = match &log {
+            Some(log) => {
+                log.forget_other_destinations();
+                let appender = log.take_appender().expect("taken once");
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(log.clone().maintenance(stop.clone()));
+                (
+                    Dispatcher::Durable {
+                        log: appender,
+                        signals,
+                    },
+                    stop,
+                    Some(task),
+                )
+            }
+            None => (Dispatcher::Memory(fanout), CancellationToken::new(), None),
+        };
         let ingest = Ingest::new(
             &config.receiver,
-            fanout,
+            dispatcher,
             budget.clone(),
             config.pipeline.retry_after(),
         );
@@ -152,6 +231,11 @@ impl Gateway {
             exporters_stop,
             exporters,
             sink,
+            log,
+            readers,
+            readers_stop,
+            maintenance_stop,
+            maintenance,
             admin_stop,
             admin_task,
         })
@@ -189,6 +273,11 @@ impl Gateway {
                 }
             }
         }
+        // With the log: every accepted request is in it. The writer finishes its last group
+        // once the receivers are gone; readers then read to the end and close the queues.
+        if let Some(log) = &self.log {
+            log.join_writer().await;
+        }
         let mut reports = Vec::new();
         loop {
             match tokio::time::timeout_at(deadline, self.exporters.join_next()).await {
@@ -197,7 +286,7 @@ impl Gateway {
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!("Shutdown deadline reached; stopping exporters.");
-                    self.exporters_stop.cancel();
+                    self.stop_destinations();
                     while let Some(joined) = self.exporters.join_next().await {
                         match joined {
                             Ok(report) => reports.push(report),
@@ -214,7 +303,7 @@ impl Gateway {
                 let joined = match tokio::time::timeout_at(deadline, &mut handle).await {
                     Ok(joined) => joined,
                     Err(_) => {
-                        self.exporters_stop.cancel();
+                        self.stop_destinations();
                         handle.await
                     }
                 };
@@ -237,6 +326,27 @@ impl Gateway {
                 "TimescaleDB sink stopped."
             );
         }
+        self.stop_destinations();
+        while self.readers.join_next().await.is_some() {}
+        let mut kept_in_log = Vec::new();
+        if let Some(log) = &self.log {
+            self.maintenance_stop.cancel();
+            if let Some(task) = self.maintenance.take() {
+                let _ = task.await;
+            }
+            let final_log = log.clone();
+            let _ = tokio::task::spawn_blocking(move || final_log.maintain()).await;
+            for (destination, records) in log.backlog() {
+                if records > 0 {
+                    tracing::info!(
+                        %destination,
+                        records,
+                        "Kept in the durable log; delivered after the next start."
+                    );
+                }
+                kept_in_log.push((destination, records));
+            }
+        }
         reports.sort_by(|a, b| a.name.cmp(&b.name));
         for report in &reports {
             tracing::info!(
@@ -252,7 +362,19 @@ impl Gateway {
         ShutdownReport {
             exporters: reports,
             sink,
+            durable: self.log.is_some(),
+            kept_in_log,
         }
+    }
+
+    /// Forced stop of the destinations: first freeze the log's cursors (what is abandoned
+    /// now stays in the log), then stop readers, exporters and the sink.
+    fn stop_destinations(&self) {
+        if let Some(log) = &self.log {
+            log.freeze();
+        }
+        self.readers_stop.cancel();
+        self.exporters_stop.cancel();
     }
 }
 
@@ -261,11 +383,19 @@ impl Gateway {
 pub struct ShutdownReport {
     pub exporters: Vec<ExportReport>,
     pub sink: Option<SinkReport>,
+    /// The durable log was on: what was not delivered is kept in it.
+    pub durable: bool,
+    /// Per destination, log records not yet finished (delivered on the next start).
+    pub kept_in_log: Vec<(String, u64)>,
 }
 
 impl ShutdownReport {
-    /// Items, rows and requests that could not be delivered before the deadline.
+    /// Items, rows and requests lost: not delivered before the deadline and not kept in
+    /// the durable log.
     pub fn undelivered(&self) -> u64 {
+        if self.durable {
+            return 0;
+        }
         self.exporters.iter().map(|r| r.undelivered).sum::<u64>()
             + self
                 .sink

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::export::otlp::OtlpExporterConfig;
+use crate::pipeline::log::LogConfig;
 use crate::pipeline::PipelineConfig;
 use crate::receiver::ReceiverConfig;
 use crate::sink::timescale::TimescaleSinkConfig;
@@ -46,6 +47,9 @@ pub struct Config {
     /// The TimescaleDB row sink; off when absent.
     #[serde(default)]
     pub timescale: Option<TimescaleSinkConfig>,
+    /// The durable log (on by default).
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 /// What is wrong with a configuration. Every variant names the key or variable at fault.
@@ -131,6 +135,7 @@ impl Config {
         self.receiver.validate()?;
         self.pipeline.validate()?;
         self.telemetry.validate()?;
+        self.log.validate()?;
         if self.receiver.max_request_bytes as u64 > self.pipeline.memory_budget_bytes {
             return Err(ConfigError::invalid(
                 "receiver.max_request_bytes",
@@ -159,6 +164,12 @@ impl Config {
             validate_name(name)
                 .map_err(|m| ConfigError::invalid(format!("exporters.{name}"), m))?;
             exporter.validate(&format!("exporters.{name}"))?;
+            self.log
+                .validate_lag(&format!("exporters.{name}.queue.max_lag_bytes"), &exporter.queue)?;
+        }
+        if let Some(timescale) = &self.timescale {
+            self.log
+                .validate_lag("timescale.queue.max_lag_bytes", &timescale.queue)?;
         }
         Ok(())
     }

@@ -62,7 +62,37 @@ pub mod reason {
     pub const NON_RETRYABLE: &str = "non_retryable";
     pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
     pub const SHUTDOWN: &str = "shutdown";
+    pub const LOG_FULL: &str = "log_full";
+    pub const DISK_FLOOR: &str = "disk_floor";
+    pub const LOG_FAILED: &str = "log_failed";
 }
+
+/// Bytes of log segments on disk.
+pub const LOG_BYTES: &str = "otelgate_log_bytes";
+/// Records in the log (from the oldest segment to the head).
+pub const LOG_RECORDS: &str = "otelgate_log_records";
+/// Records appended (each one an accepted request).
+pub const LOG_APPENDED_RECORDS: &str = "otelgate_log_appended_records_total";
+/// Bytes appended.
+pub const LOG_APPENDED_BYTES: &str = "otelgate_log_appended_bytes_total";
+/// Requests in one group commit (one write and one sync).
+pub const LOG_GROUP_REQUESTS: &str = "otelgate_log_group_requests";
+/// Time of one group's write and sync.
+pub const LOG_SYNC_SECONDS: &str = "otelgate_log_sync_seconds";
+/// Requests the log refused, by reason (`log_full`, `disk_floor`, `io`).
+pub const LOG_REFUSED_REQUESTS: &str = "otelgate_log_refused_requests_total";
+/// Per destination: records not yet finished.
+pub const LOG_LAG_RECORDS: &str = "otelgate_log_lag_records";
+/// Per destination: bytes not yet finished.
+pub const LOG_LAG_BYTES: &str = "otelgate_log_lag_bytes";
+/// Per destination: age of the oldest record not yet finished.
+pub const LOG_LAG_AGE_SECONDS: &str = "otelgate_log_lag_age_seconds";
+/// Per destination: records read again after a restart.
+pub const LOG_REPLAYED_RECORDS: &str = "otelgate_log_replayed_records_total";
+/// Bytes of torn or corrupt log tail cut off at start-up.
+pub const LOG_TRUNCATED_BYTES: &str = "otelgate_log_truncated_bytes_total";
+/// Per destination and reason (`lag_limit`, `log_full`, `corrupt`): records it never got.
+pub const LOG_DROPPED_RECORDS: &str = "otelgate_log_dropped_records_total";
 
 const fn default_admin_endpoint() -> &'static str {
     "127.0.0.1:13133"
@@ -154,6 +184,12 @@ pub fn prometheus() -> &'static PrometheusHandle {
             })
             .and_then(|b| {
                 b.set_buckets_for_metric(
+                    Matcher::Suffix("_requests".into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
                     Matcher::Suffix("_rows".into()),
                     &[1.0, 10.0, 100.0, 1000.0, 10_000.0, 100_000.0],
                 )
@@ -238,6 +274,19 @@ fn describe_metrics() {
         Unit::Bytes,
         "Bytes per exported batch."
     );
+    describe_gauge!(LOG_BYTES, Unit::Bytes, "Bytes of durable log segments on disk.");
+    describe_gauge!(LOG_RECORDS, "Records in the durable log.");
+    describe_counter!(LOG_APPENDED_RECORDS, "Requests appended to the durable log.");
+    describe_counter!(LOG_APPENDED_BYTES, Unit::Bytes, "Bytes appended to the durable log.");
+    describe_histogram!(LOG_GROUP_REQUESTS, "Requests per group commit (one sync).");
+    describe_histogram!(LOG_SYNC_SECONDS, Unit::Seconds, "Time of one group's write and sync.");
+    describe_counter!(LOG_REFUSED_REQUESTS, "Requests the durable log refused, by reason.");
+    describe_gauge!(LOG_LAG_RECORDS, "Records a destination has not finished.");
+    describe_gauge!(LOG_LAG_BYTES, Unit::Bytes, "Bytes a destination has not finished.");
+    describe_gauge!(LOG_LAG_AGE_SECONDS, Unit::Seconds, "Age of a destination's oldest unfinished record.");
+    describe_counter!(LOG_REPLAYED_RECORDS, "Records read again after a restart.");
+    describe_counter!(LOG_TRUNCATED_BYTES, Unit::Bytes, "Torn or corrupt log bytes cut off at start-up.");
+    describe_counter!(LOG_DROPPED_RECORDS, "Log records a destination never got, by reason.");
     describe_counter!(SINK_ROWS, "Rows committed by the TimescaleDB sink.");
     describe_counter!(
         SINK_REJECTED_ROWS,
@@ -251,6 +300,10 @@ fn describe_metrics() {
     describe_counter!(
         SINK_LEDGER_SKIPS,
         "Retried batches found already committed."
+    );
+    describe_counter!(
+        SINK_REPLAY_SKIPPED_ROWS,
+        "Rows of replayed log records already committed before a restart."
     );
     describe_histogram!(SINK_BATCH_ROWS, "Rows per COPY batch.");
     describe_histogram!(
@@ -282,6 +335,8 @@ pub const SINK_RETRIES: &str = "otelgate_sink_retries_total";
 /// Retried batches found already committed in the ledger (so not written twice). Labels: table.
 pub const SINK_LEDGER_SKIPS: &str = "otelgate_sink_ledger_skips_total";
 /// Rows per COPY batch. Labels: table.
+/// Rows of replayed log records found already committed in the ledger, not written again.
+pub const SINK_REPLAY_SKIPPED_ROWS: &str = "otelgate_sink_replay_skipped_rows_total";
 pub const SINK_BATCH_ROWS: &str = "otelgate_sink_batch_rows";
 /// Seconds of one committed batch write: getting a connection, BEGIN, ledger row, COPY,
 /// COMMIT. Labels: table.

@@ -87,6 +87,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 }
 
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 async fn run_until(args: DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     crate::telemetry::init_logging(&crate::telemetry::TelemetryConfig {
         log_level: "warn".into(),
@@ -103,7 +112,13 @@ async fn run_until(args: DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> 
     };
     let lgtm = RecordingBackend::start_with(false).await?;
     let uptrace = RecordingBackend::start_with(true).await?;
+    // The durable log lives in a throwaway directory, removed when the demo ends.
+    let log_dir = TempDir(std::env::temp_dir().join(format!(
+        "otelgate-demo-log-{}",
+        std::process::id()
+    )));
     let mut config = Config::default();
+    config.log.dir = log_dir.0.clone();
     config.receiver.grpc_endpoint = args.grpc.clone();
     config.receiver.http_endpoint = args.http.clone();
     config.telemetry.admin_endpoint = args.admin.clone();

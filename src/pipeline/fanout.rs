@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::queue::{ReserveError, Reserved};
-use super::{Payload, QueueConfig, QueueSender, WhenFull};
+use super::{Delivery, Payload, QueueConfig, QueueSender, WhenFull};
 use crate::telemetry;
 use crate::Signal;
 
@@ -35,6 +35,37 @@ pub enum DispatchError {
     ShuttingDown,
     #[error("no destination takes {0}")]
     NoDestination(Signal),
+    #[error(transparent)]
+    Log(#[from] super::log::AppendError),
+}
+
+/// Where accepted requests go: straight to the destinations' memory queues, or into the
+/// durable log, which the destinations read through their own cursors.
+#[derive(Debug, Clone)]
+pub enum Dispatcher {
+    Memory(Fanout),
+    Durable {
+        log: super::log::Appender,
+        /// Which signals some destination takes.
+        signals: [bool; 3],
+    },
+}
+
+impl Dispatcher {
+    /// Hands `payload` on; returns once every destination will get it (memory: queued
+    /// everywhere; durable: on disk).
+    pub async fn dispatch(&self, payload: Arc<Payload>) -> Result<(), DispatchError> {
+        match self {
+            Dispatcher::Memory(fanout) => fanout.dispatch(payload).await,
+            Dispatcher::Durable { log, signals } => {
+                if !signals[payload.signal.index()] {
+                    return Err(DispatchError::NoDestination(payload.signal));
+                }
+                log.append(payload).await?;
+                Ok(())
+            }
+        }
+    }
 }
 
 impl Fanout {
@@ -85,7 +116,7 @@ impl Fanout {
             return Err(DispatchError::NoDestination(signal));
         }
         for room in reserved {
-            room.send(payload.clone());
+            room.send(Delivery::memory(payload.clone()));
         }
         Ok(())
     }
@@ -111,6 +142,7 @@ mod tests {
             capacity: 1,
             when_full,
             block_timeout_ms: 20,
+            max_lag_bytes: None,
         }
     }
 
@@ -136,7 +168,7 @@ mod tests {
         let a_logs = a_rx.recv().await.unwrap();
         let b_logs = b_rx.recv().await.unwrap();
         assert!(
-            Arc::ptr_eq(&a_logs, &b_logs),
+            a_logs.same_payload(&b_logs),
             "destinations must share one payload"
         );
         drop((first, a_logs));

@@ -5,14 +5,16 @@
 
 mod budget;
 mod fanout;
+pub mod log;
 mod queue;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 pub use budget::{BudgetPermit, MemoryBudget};
-pub use fanout::{DispatchError, Fanout};
+pub use fanout::{DispatchError, Dispatcher, Fanout};
 pub use queue::{queue, QueueConfig, QueueReceiver, QueueSender, QueueStats, WhenFull};
 
 use bytes::Bytes;
@@ -30,8 +32,9 @@ pub struct Payload {
     pub items: u64,
     /// When the receiver accepted it, for receive-to-commit latency.
     pub received: std::time::Instant,
-    /// Holds `body.len()` bytes of the memory budget until the last destination is done.
-    _permit: BudgetPermit,
+    /// Holds `body.len()` bytes of the memory budget until the last holder is done (none for
+    /// copies the durable log keeps or reads back; its cache has its own bound).
+    _permit: Option<BudgetPermit>,
 }
 
 impl Payload {
@@ -41,8 +44,77 @@ impl Payload {
             body,
             items,
             received: std::time::Instant::now(),
-            _permit: permit,
+            _permit: Some(permit),
         }
+    }
+
+    /// A request read back from the durable log.
+    pub fn replayed(
+        signal: Signal,
+        body: Bytes,
+        items: u64,
+        received: std::time::Instant,
+    ) -> Self {
+        Payload {
+            signal,
+            body,
+            items,
+            received,
+            _permit: None,
+        }
+    }
+
+    /// The same request without its budget share (the body is shared, not copied).
+    pub fn durable_copy(&self) -> Self {
+        Payload::replayed(self.signal, self.body.clone(), self.items, self.received)
+    }
+}
+
+/// A request as one destination holds it. Cloning is cheap. With the durable log on, the
+/// last clone to be dropped marks the record finished for this destination, so destinations
+/// drop their deliveries once a batch has its outcome.
+#[derive(Debug, Clone)]
+pub struct Delivery(Arc<DeliveryInner>);
+
+#[derive(Debug)]
+struct DeliveryInner {
+    payload: Arc<Payload>,
+    logged: Option<(log::Position, log::Done)>,
+}
+
+impl Delivery {
+    /// A request from the memory-only fan-out.
+    pub fn memory(payload: Arc<Payload>) -> Self {
+        Delivery(Arc::new(DeliveryInner {
+            payload,
+            logged: None,
+        }))
+    }
+
+    /// A request read from the durable log at `at`.
+    pub fn logged(payload: Arc<Payload>, at: log::Position, done: log::Done) -> Self {
+        Delivery(Arc::new(DeliveryInner {
+            payload,
+            logged: Some((at, done)),
+        }))
+    }
+
+    /// Where the request is in the durable log, if it came from there.
+    pub fn position(&self) -> Option<log::Position> {
+        self.0.logged.as_ref().map(|(at, _)| *at)
+    }
+
+    /// Whether both deliveries carry the same request.
+    pub fn same_payload(&self, other: &Delivery) -> bool {
+        Arc::ptr_eq(&self.0.payload, &other.0.payload)
+    }
+}
+
+impl std::ops::Deref for Delivery {
+    type Target = Payload;
+
+    fn deref(&self) -> &Payload {
+        &self.0.payload
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::Payload;
+use super::{Delivery, Payload};
 use crate::telemetry;
 
 /// What the fan-out does when a destination's queue is full.
@@ -46,6 +46,13 @@ pub struct QueueConfig {
     /// With `block`, how long a request may wait for room before it is refused.
     #[serde(default = "default_block_timeout_ms")]
     pub block_timeout_ms: u64,
+    /// With the durable log on: when this destination is more than this many bytes behind
+    /// the head of the log, its oldest data is dropped for it alone (a segment at a time,
+    /// counted in `otelgate_log_dropped_records_total{reason="lag_limit"}`). Unset: it may
+    /// lag up to `log.max_bytes`. `when_full` and `block_timeout_ms` apply to memory-only
+    /// queues; with the log on, the log is the buffer.
+    #[serde(default)]
+    pub max_lag_bytes: Option<u64>,
 }
 
 impl Default for QueueConfig {
@@ -54,6 +61,7 @@ impl Default for QueueConfig {
             capacity: default_capacity(),
             when_full: WhenFull::default(),
             block_timeout_ms: default_block_timeout_ms(),
+            max_lag_bytes: None,
         }
     }
 }
@@ -112,7 +120,7 @@ impl QueueStats {
 /// The fan-out's end of a destination queue.
 #[derive(Debug, Clone)]
 pub struct QueueSender {
-    tx: mpsc::Sender<Arc<Payload>>,
+    tx: mpsc::Sender<Delivery>,
     gauges: Arc<QueueStats>,
 }
 
@@ -120,7 +128,7 @@ pub struct QueueSender {
 /// which is how a worker learns that the receivers have stopped.
 #[derive(Debug)]
 pub struct QueueReceiver {
-    rx: mpsc::Receiver<Arc<Payload>>,
+    rx: mpsc::Receiver<Delivery>,
     gauges: Arc<QueueStats>,
 }
 
@@ -145,12 +153,12 @@ pub fn queue(name: &str, capacity: usize) -> (QueueSender, QueueReceiver) {
 
 /// Room for one payload, reserved ahead of sending so a fan-out can be all or nothing.
 pub struct Reserved<'a> {
-    permit: mpsc::Permit<'a, Arc<Payload>>,
+    permit: mpsc::Permit<'a, Delivery>,
     gauges: &'a QueueStats,
 }
 
 impl Reserved<'_> {
-    pub fn send(self, payload: Arc<Payload>) {
+    pub fn send(self, payload: Delivery) {
         self.gauges.count(&payload, true);
         self.permit.send(payload);
     }
@@ -182,11 +190,19 @@ impl QueueSender {
         }
     }
 
-    fn reserved<'a>(&'a self, permit: mpsc::Permit<'a, Arc<Payload>>) -> Reserved<'a> {
+    fn reserved<'a>(&'a self, permit: mpsc::Permit<'a, Delivery>) -> Reserved<'a> {
         Reserved {
             permit,
             gauges: &self.gauges,
         }
+    }
+
+    /// Sends, waiting as long as it takes for room (the durable log's readers: the log holds
+    /// the backlog, so waiting here slows only this destination). Errs if the queue is closed.
+    pub async fn send(&self, delivery: Delivery) -> Result<(), ReserveError> {
+        let permit = self.tx.reserve().await.map_err(|_| ReserveError::Closed)?;
+        self.reserved(permit).send(delivery);
+        Ok(())
     }
 
     /// The queue's live statistics.
@@ -197,14 +213,14 @@ impl QueueSender {
 
 impl QueueReceiver {
     /// The next payload, or `None` once the queue is closed and empty.
-    pub async fn recv(&mut self) -> Option<Arc<Payload>> {
+    pub async fn recv(&mut self) -> Option<Delivery> {
         let payload = self.rx.recv().await?;
         self.gauges.count(&payload, false);
         Some(payload)
     }
 
     /// Takes what is left without waiting, for the undelivered report at a forced shutdown.
-    pub fn drain_now(&mut self) -> Vec<Arc<Payload>> {
+    pub fn drain_now(&mut self) -> Vec<Delivery> {
         let mut left = Vec::new();
         while let Ok(payload) = self.rx.try_recv() {
             self.gauges.count(&payload, false);

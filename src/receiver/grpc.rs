@@ -99,9 +99,13 @@ pub fn to_status(error: &IngestError) -> Status {
     let code = match error {
         IngestError::Unauthenticated => Code::Unauthenticated,
         IngestError::Invalid(_) => Code::InvalidArgument,
-        IngestError::TooLarge { .. } | IngestError::Throttled { .. } => Code::ResourceExhausted,
+        IngestError::TooLarge { .. }
+        | IngestError::Throttled { .. }
+        | IngestError::LogBackpressure { .. } => Code::ResourceExhausted,
         IngestError::Unsupported(_) | IngestError::NoDestination(_) => Code::Unimplemented,
-        IngestError::Unavailable { .. } | IngestError::ShuttingDown { .. } => Code::Unavailable,
+        IngestError::Unavailable { .. }
+        | IngestError::LogFailed { .. }
+        | IngestError::ShuttingDown { .. } => Code::Unavailable,
     };
     match error.retry_after() {
         Some(delay) => Status::with_error_details(

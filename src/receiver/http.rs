@@ -106,8 +106,12 @@ fn failure(format: BodyFormat, error: &IngestError) -> Response {
         IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         IngestError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         IngestError::NoDestination(_) => StatusCode::NOT_FOUND,
-        IngestError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-        IngestError::Unavailable { .. } | IngestError::ShuttingDown { .. } => {
+        IngestError::Throttled { .. } | IngestError::LogBackpressure { .. } => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
+        IngestError::Unavailable { .. }
+        | IngestError::LogFailed { .. }
+        | IngestError::ShuttingDown { .. } => {
             StatusCode::SERVICE_UNAVAILABLE
         }
     };

@@ -15,7 +15,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::config::ConfigError;
-use crate::pipeline::{DispatchError, Fanout, MemoryBudget, Payload};
+use crate::pipeline::log::AppendError;
+use crate::pipeline::{DispatchError, Dispatcher, MemoryBudget, Payload};
 use crate::telemetry::{self, reason};
 use crate::Signal;
 
@@ -153,6 +154,18 @@ pub enum IngestError {
         message: String,
         retry_after: Duration,
     },
+    /// The durable log is full or the disk is at its floor: throttling, like the budget.
+    #[error("{message}")]
+    LogBackpressure {
+        message: String,
+        reason: &'static str,
+        retry_after: Duration,
+    },
+    #[error("{message}; retry after {retry_after:?}")]
+    LogFailed {
+        message: String,
+        retry_after: Duration,
+    },
     #[error("this gateway has no destination for {0}")]
     NoDestination(Signal),
     #[error("the gateway is shutting down; retry after {retry_after:?}")]
@@ -170,6 +183,8 @@ impl IngestError {
             IngestError::NoDestination(_) => reason::NO_DESTINATION,
             IngestError::Throttled { .. } => reason::MEMORY_BUDGET,
             IngestError::Unavailable { .. } => reason::QUEUE_FULL,
+            IngestError::LogBackpressure { reason, .. } => reason,
+            IngestError::LogFailed { .. } => reason::LOG_FAILED,
             IngestError::ShuttingDown { .. } => reason::SHUTTING_DOWN,
         }
     }
@@ -179,6 +194,8 @@ impl IngestError {
         match self {
             IngestError::Throttled { retry_after, .. }
             | IngestError::Unavailable { retry_after, .. }
+            | IngestError::LogBackpressure { retry_after, .. }
+            | IngestError::LogFailed { retry_after, .. }
             | IngestError::ShuttingDown { retry_after } => Some(*retry_after),
             _ => None,
         }
@@ -188,7 +205,7 @@ impl IngestError {
 /// What both transports share. Cheap to clone behind an `Arc`.
 #[derive(Debug)]
 pub struct Ingest {
-    fanout: Fanout,
+    fanout: Dispatcher,
     budget: MemoryBudget,
     tokens: Vec<Vec<u8>>,
     max_request_bytes: usize,
@@ -198,7 +215,7 @@ pub struct Ingest {
 impl Ingest {
     pub fn new(
         config: &ReceiverConfig,
-        fanout: Fanout,
+        fanout: Dispatcher,
         budget: MemoryBudget,
         retry_after: Duration,
     ) -> Arc<Self> {
@@ -331,6 +348,25 @@ impl Ingest {
                     message: full.to_string(),
                     retry_after: self.retry_after,
                 },
+                DispatchError::Log(error) => match error {
+                    AppendError::Full(_) => IngestError::LogBackpressure {
+                        message: error.to_string(),
+                        reason: reason::LOG_FULL,
+                        retry_after: self.retry_after,
+                    },
+                    AppendError::DiskFloor(_) => IngestError::LogBackpressure {
+                        message: error.to_string(),
+                        reason: reason::DISK_FLOOR,
+                        retry_after: self.retry_after,
+                    },
+                    AppendError::Closed => IngestError::ShuttingDown {
+                        retry_after: self.retry_after,
+                    },
+                    AppendError::Io(_) => IngestError::LogFailed {
+                        message: error.to_string(),
+                        retry_after: self.retry_after,
+                    },
+                },
             })
         })?;
         metrics::counter!(telemetry::RECEIVER_ACCEPTED_REQUESTS, &labels).increment(1);
@@ -381,7 +417,7 @@ mod tests {
         };
         Ingest::new(
             &config,
-            Fanout::default(),
+            Dispatcher::Memory(crate::pipeline::Fanout::default()),
             MemoryBudget::new(1 << 20),
             Duration::from_secs(1),
         )

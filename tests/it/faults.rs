@@ -34,6 +34,8 @@ async fn a_hanging_backend_with_drop_policy_never_slows_the_other() {
     exporter.queue.when_full = WhenFull::Drop;
     exporter.concurrency = 1;
     exporter.timeout_ms = 60_000;
+    // Memory-only queues: this policy applies when the durable log is off.
+    config.log.enabled = false;
     let gateway = start(config).await;
 
     let requests = 50;
@@ -84,6 +86,8 @@ async fn a_hanging_backend_with_block_policy_throttles_clients_and_loses_nothing
     exporter.queue.block_timeout_ms = 50;
     exporter.concurrency = 1;
     exporter.timeout_ms = 60_000;
+    // Memory-only queues: this policy applies when the durable log is off.
+    config.log.enabled = false;
     let gateway = start(config).await;
 
     let mut acknowledged = 0;
@@ -286,6 +290,9 @@ async fn retries_stop_after_the_maximum_elapsed_time() {
         .unwrap()
         .retry
         .max_elapsed_ms = 300;
+    // Memory-only mode: with the durable log on, transient failures are retried until
+    // delivered (the log keeps the data), so max_elapsed applies only here.
+    config.log.enabled = false;
     let gateway = start(config).await;
     grpc_export(gateway.grpc_addr(), Signal::Traces, traces(), &[])
         .await

@@ -47,6 +47,8 @@ async fn shutdown_deadline_reports_what_was_not_delivered() {
     backend.set_hanging(true);
     let mut config = config_for(&[("b", &backend, Protocol::Grpc)]);
     config.pipeline.shutdown_timeout_seconds = 1;
+    // Memory-only queues: what is not delivered at the deadline is lost and reported.
+    config.log.enabled = false;
     let exporter = config.exporters.get_mut("b").unwrap();
     exporter.concurrency = 1;
     exporter.batch.max_items = 30;
@@ -191,6 +193,7 @@ async fn run_serves_until_sigterm_and_drains() {
         .env("OTELGATE_TELEMETRY__ADMIN_ENDPOINT", admin.to_string())
         .env("OTELGATE_TELEMETRY__LOG_FORMAT", "json")
         .env("OTELGATE_EXPORTERS__LGTM__ENDPOINT", backend.endpoint())
+        .env("OTELGATE_LOG__DIR", crate::log_dir())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()

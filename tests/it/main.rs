@@ -24,6 +24,7 @@ pub fn config_for(backends: &[(&str, &RecordingBackend, Protocol)]) -> Config {
     config.receiver.http_endpoint = "127.0.0.1:0".into();
     config.telemetry.admin_endpoint = "127.0.0.1:0".into();
     config.pipeline.shutdown_timeout_seconds = 10;
+    config.log.dir = log_dir();
     for (name, backend, protocol) in backends {
         let mut exporter = OtlpExporterConfig::new(backend.endpoint(), *protocol);
         exporter.batch.max_wait_ms = 5;
@@ -32,6 +33,15 @@ pub fn config_for(backends: &[(&str, &RecordingBackend, Protocol)]) -> Config {
         config.exporters.insert(name.to_string(), exporter);
     }
     config
+}
+
+/// A fresh durable-log directory for one gateway, under cargo's scratch directory for tests.
+pub fn log_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("logs")
+        .join(uuid::Uuid::new_v4().to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// Starts a gateway with `config`, after validating it as `otelgate run` would.

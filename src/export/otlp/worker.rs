@@ -15,7 +15,7 @@ use super::config::{BatchConfig, OtlpExporterConfig};
 use super::error::RetryDecision;
 use super::retry::{Backoff, RetryConfig};
 use super::OtlpClient;
-use crate::pipeline::{Payload, QueueReceiver};
+use crate::pipeline::{Delivery, QueueReceiver};
 use crate::telemetry::{self, reason};
 use crate::Signal;
 
@@ -44,7 +44,7 @@ pub struct OtlpExporter {
 /// Requests of one signal waiting to be sent together.
 #[derive(Default)]
 struct Pending {
-    parts: Vec<Arc<Payload>>,
+    parts: Vec<Delivery>,
     items: u64,
     bytes: usize,
     deadline: Option<Instant>,
@@ -54,7 +54,7 @@ struct Pending {
 /// the batch's outcome is known.
 struct Batch {
     signal: Signal,
-    parts: Vec<Arc<Payload>>,
+    parts: Vec<Delivery>,
     items: u64,
     bytes: usize,
 }
@@ -183,7 +183,7 @@ impl OtlpExporter {
 
     /// Adds a request to its signal's pending batch; returns the batches now ready to go
     /// (the previous one if this request would overflow its byte limit, and this one if full).
-    fn add(&self, slot: &mut Pending, payload: Arc<Payload>) -> Vec<Batch> {
+    fn add(&self, slot: &mut Pending, payload: Delivery) -> Vec<Batch> {
         let mut ready = Vec::new();
         if !slot.parts.is_empty() && slot.bytes + payload.body.len() > self.batch.max_bytes {
             ready.push(take(slot));

@@ -17,4 +17,4 @@ pub use error::TimescaleSinkError;
 pub use extract::{Extractor, RowBatch};
 pub use mapping::{mapping_columns, ColumnType, Mapping, MappingConfig, RecordKind};
 pub use schema::{migrate, SchemaInfo};
-pub use sink::{SinkReport, TimescaleSink};
+pub use sink::{Committed, LedgerRange, LogLedger, RowKey, SinkReport, TimescaleSink};

@@ -13,7 +13,7 @@ use super::mapping::{self, Mapping, BUILTIN_TABLES};
 /// Key of the advisory lock that serializes schema changes between gateways.
 const MIGRATION_LOCK: i64 = 0x6f74_656c_6761_7465; // "otelgate"
 
-const MIGRATIONS: [(&str, &str); 4] = [
+const MIGRATIONS: [(&str, &str); 5] = [
     (
         "0001_tables",
         include_str!("../../../migrations/0001_tables.sql"),
@@ -29,6 +29,10 @@ const MIGRATIONS: [(&str, &str); 4] = [
     (
         "0003_aggregates_plain",
         include_str!("../../../migrations/0003_aggregates_plain.sql"),
+    ),
+    (
+        "0004_ledger_log_positions",
+        include_str!("../../../migrations/0004_ledger_log_positions.sql"),
     ),
 ];
 

@@ -22,7 +22,7 @@ use super::copy::{encode_copy, Cell};
 use super::error::{Failure, TimescaleSinkError};
 use super::extract::{Extractor, RowBatch};
 use crate::export::otlp::{Backoff, RetryConfig};
-use crate::pipeline::{Payload, QueueReceiver};
+use crate::pipeline::{Delivery, Payload, QueueReceiver};
 use crate::telemetry::{self, reason};
 
 /// What the sink did over its life.
@@ -65,12 +65,91 @@ struct Tally {
     in_flight: AtomicU64,
 }
 
+/// A row's place in the durable log: the record's sequence number and the row's index among
+/// the rows one mapping extracted from that record (extraction is deterministic).
+pub type RowKey = (u64, u32);
+
+/// Which rows of the log a ledger row covers (both ends inclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerRange {
+    pub log_id: uuid::Uuid,
+    pub first: RowKey,
+    pub last: RowKey,
+}
+
+/// Rows already committed from the records about to be replayed, per table, read from the
+/// ledger at start-up.
+#[derive(Debug, Default)]
+pub struct Committed {
+    ranges: std::collections::HashMap<String, Vec<(RowKey, RowKey)>>,
+}
+
+impl Committed {
+    /// Reads the ledger rows of log `log_id` that end at or after record `from_seq`.
+    pub async fn load(
+        pool: &Pool,
+        log_id: uuid::Uuid,
+        from_seq: u64,
+    ) -> Result<Self, TimescaleSinkError> {
+        let client = pool.get().await.map_err(TimescaleSinkError::from)?;
+        let rows = client
+            .query_typed(
+                "SELECT table_name, first_seq, first_row, last_seq, last_row FROM otelgate_ledger WHERE log_id = $1 AND last_seq >= $2",
+                &[(&log_id, Type::UUID), (&(from_seq as i64), Type::INT8)],
+            )
+            .await?;
+        let mut committed = Committed::default();
+        for row in rows {
+            let key = |seq: i64, index: i32| (seq as u64, index as u32);
+            committed
+                .ranges
+                .entry(row.get(0))
+                .or_default()
+                .push((key(row.get(1), row.get(2)), key(row.get(3), row.get(4))));
+        }
+        for ranges in committed.ranges.values_mut() {
+            ranges.sort_unstable();
+        }
+        Ok(committed)
+    }
+
+    /// Ledger rows found.
+    pub fn len(&self) -> usize {
+        self.ranges.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the row `key` of `table` is already committed.
+    pub fn covers(&self, table: &str, key: RowKey) -> bool {
+        let Some(ranges) = self.ranges.get(table) else {
+            return false;
+        };
+        let after = ranges.partition_point(|(first, _)| *first <= key);
+        ranges[..after].iter().rev().any(|(_, last)| key <= *last)
+    }
+}
+
+/// What the sink needs when it reads from the durable log.
+#[derive(Debug)]
+pub struct LogLedger {
+    pub log_id: uuid::Uuid,
+    /// Records before this one may have been written before a crash.
+    pub replay_until: u64,
+    pub committed: Committed,
+}
+
 /// Rows waiting to be written to one target.
 #[derive(Default)]
 struct Pending {
     rows: Vec<Vec<Cell>>,
-    /// The requests these rows came from: they hold their memory budget until written.
-    payloads: Vec<Arc<Payload>>,
+    /// With the durable log: each row's key, in the same order as `rows`.
+    keys: Vec<RowKey>,
+    /// The requests these rows came from: they hold their memory budget (and, with the
+    /// durable log, their place in it) until written.
+    payloads: Vec<Delivery>,
     oldest: Option<std::time::Instant>,
     deadline: Option<Instant>,
 }
@@ -86,6 +165,7 @@ pub struct TimescaleSink {
     pool_size: usize,
     ledger_retention_hours: u64,
     rejected_retention_days: u64,
+    log: Option<LogLedger>,
 }
 
 /// Builds the connection pool for `config.url`. Connections are made on first use.
@@ -114,6 +194,7 @@ impl TimescaleSink {
         extractor: Arc<Extractor>,
         pool: Pool,
         queue: QueueReceiver,
+        log: Option<LogLedger>,
     ) -> Self {
         let targets = extractor
             .mappings()
@@ -130,7 +211,14 @@ impl TimescaleSink {
             writer: Arc::new(Writer {
                 pool,
                 tally: Tally::default(),
-                max_elapsed: config.max_elapsed(),
+                // With the log, giving up would lose what the log keeps: retry until the
+                // database is back or the gateway stops (the log holds the backlog).
+                max_elapsed: if log.is_some() {
+                    Duration::MAX
+                } else {
+                    config.max_elapsed()
+                },
+                log_id: log.as_ref().map(|l| l.log_id),
                 rejected: Target::new(
                     "otelgate_rejected_rows",
                     &["time", "table_name", "reason", "record"],
@@ -142,6 +230,7 @@ impl TimescaleSink {
             pool_size: config.pool_size,
             ledger_retention_hours: config.ledger_retention_hours,
             rejected_retention_days: config.rejected_retention_days,
+            log,
         }
     }
 
@@ -181,12 +270,36 @@ impl TimescaleSink {
                 received = self.queue.recv() => {
                     let Some(payload) = received else { break };
                     self.extract(&payload, &mut scratch);
+                    let position = payload.position();
                     for (index, rows) in scratch.rows.iter_mut().enumerate() {
                         if rows.is_empty() {
                             continue;
                         }
                         let slot = &mut pending[index];
-                        slot.rows.append(rows);
+                        match (position, &self.log) {
+                            (Some(at), Some(log)) => {
+                                let table = &self.targets[index].table;
+                                let replaying = at.seq < log.replay_until;
+                                let before = slot.rows.len();
+                                let mut skipped = 0u64;
+                                for (row_index, row) in rows.drain(..).enumerate() {
+                                    let key = (at.seq, row_index as u32);
+                                    if replaying && log.committed.covers(table, key) {
+                                        skipped += 1;
+                                        continue;
+                                    }
+                                    slot.rows.push(row);
+                                    slot.keys.push(key);
+                                }
+                                if skipped > 0 {
+                                    metrics::counter!(telemetry::SINK_REPLAY_SKIPPED_ROWS, "table" => table.clone()).increment(skipped);
+                                }
+                                if slot.rows.len() == before {
+                                    continue;
+                                }
+                            }
+                            _ => slot.rows.append(rows),
+                        }
                         slot.payloads.push(payload.clone());
                         slot.oldest.get_or_insert(payload.received);
                         slot.deadline.get_or_insert_with(|| Instant::now() + self.max_wait);
@@ -260,7 +373,8 @@ impl TimescaleSink {
         }
     }
 
-    fn extract(&self, payload: &Payload, scratch: &mut RowBatch) {
+    fn extract(&self, payload: &Delivery, scratch: &mut RowBatch) {
+        let payload: &Payload = payload;
         if let Err(error) = self
             .extractor
             .extract(payload.signal, &payload.body, scratch)
@@ -305,7 +419,7 @@ impl TimescaleSink {
             .fetch_add(slot.rows.len() as u64, Ordering::Relaxed);
         tasks.spawn(async move {
             let count = slot.rows.len() as u64;
-            writer.write(&target, slot.rows, slot.oldest).await;
+            writer.write(&target, slot.rows, slot.keys, slot.oldest).await;
             writer.tally.in_flight.fetch_sub(count, Ordering::Relaxed);
             drop(slot.payloads);
             drop(permit);
@@ -359,6 +473,8 @@ struct Writer {
     tally: Tally,
     max_elapsed: Duration,
     rejected: Target,
+    /// The durable log's id, when rows come from it: ledger rows then record their range.
+    log_id: Option<uuid::Uuid>,
 }
 
 /// The outcome of [`copy_batch`].
@@ -373,6 +489,7 @@ pub enum Written {
 /// that first claims `batch_id` in the ledger. If the id is already there (an earlier attempt
 /// committed), or an attempt still in flight commits it while this one waits on the ledger
 /// row, nothing is written. Public for tests of the exactly-once contract.
+#[allow(clippy::too_many_arguments)]
 pub async fn copy_batch(
     pool: &Pool,
     table: &str,
@@ -380,13 +497,34 @@ pub async fn copy_batch(
     data: &Bytes,
     batch_id: uuid::Uuid,
     rows: usize,
+    range: Option<LedgerRange>,
 ) -> Result<Written, TimescaleSinkError> {
     let mut client = pool.get().await.map_err(TimescaleSinkError::from)?;
     let tx = client.transaction().await?;
+    let (log_id, first_seq, first_row, last_seq, last_row) = match range {
+        Some(r) => (
+            Some(r.log_id),
+            Some(r.first.0 as i64),
+            Some(r.first.1 as i32),
+            Some(r.last.0 as i64),
+            Some(r.last.1 as i32),
+        ),
+        None => (None, None, None, None, None),
+    };
     let claimed = tx
         .execute_typed(
-            "INSERT INTO otelgate_ledger (batch_id, table_name, row_count) VALUES ($1, $2, $3) ON CONFLICT (batch_id) DO NOTHING",
-            &[(&batch_id, Type::UUID), (&table, Type::TEXT), (&(rows as i64), Type::INT8)],
+            "INSERT INTO otelgate_ledger (batch_id, table_name, row_count, log_id, first_seq, first_row, last_seq, last_row) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (batch_id) DO NOTHING",
+            &[
+                (&batch_id, Type::UUID),
+                (&table, Type::TEXT),
+                (&(rows as i64), Type::INT8),
+                (&log_id, Type::UUID),
+                (&first_seq, Type::INT8),
+                (&first_row, Type::INT4),
+                (&last_seq, Type::INT8),
+                (&last_row, Type::INT4),
+            ],
         )
         .await?;
     if claimed == 0 {
@@ -411,12 +549,14 @@ impl Writer {
         &self,
         target: &Target,
         rows: Vec<Vec<Cell>>,
+        keys: Vec<RowKey>,
         oldest: Option<std::time::Instant>,
     ) {
-        let mut stack = vec![rows];
-        while let Some(mut rows) = stack.pop() {
+        let mut stack = vec![(rows, keys)];
+        while let Some((mut rows, mut keys)) = stack.pop() {
             let count = rows.len() as u64;
-            match self.write_batch(target, &rows).await {
+            let range = self.range(&keys);
+            match self.write_batch(target, &target.table, &rows, range).await {
                 Ok(()) => {
                     self.tally.written.fetch_add(count, Ordering::Relaxed);
                     metrics::counter!(telemetry::SINK_ROWS, "table" => target.table.clone())
@@ -428,21 +568,33 @@ impl Writer {
                 }
                 Err((Failure::BadData, _)) if rows.len() > 1 => {
                     let right = rows.split_off(rows.len() / 2);
-                    stack.push(right);
-                    stack.push(rows);
+                    let right_keys = keys.split_off(keys.len().min(rows.len()));
+                    stack.push((right, right_keys));
+                    stack.push((rows, keys));
                 }
                 Err((Failure::BadData, message)) => {
                     metrics::counter!(telemetry::SINK_REJECTED_ROWS, "table" => target.table.clone(), "reason" => "database").increment(1);
                     tracing::warn!(table = %target.table, error = %message, "PostgreSQL refused a row; kept in otelgate_rejected_rows.");
                     let record =
                         serde_json::Value::Array(rows[0].iter().map(Cell::to_json).collect());
-                    self.write_rejected(vec![vec![
+                    // Under the target's name in the ledger, so a replay skips this row too.
+                    let rejected = vec![vec![
                         Cell::Timestamp(now_nanos()),
                         Cell::Text(target.table.clone()),
                         Cell::Text(message),
                         Cell::Json(serde_json::json!({ "row": record })),
-                    ]])
-                    .await;
+                    ]];
+                    match self
+                        .write_batch(&self.rejected, &target.table, &rejected, range)
+                        .await
+                    {
+                        Ok(()) => {
+                            self.tally.rejected.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err((_, message)) => {
+                            tracing::error!(error = %message, "Cannot keep a rejected row in otelgate_rejected_rows.");
+                        }
+                    }
                 }
                 Err((failure, message)) => {
                     let why = if failure == Failure::Transient {
@@ -458,9 +610,21 @@ impl Writer {
         }
     }
 
+    /// The ledger range of rows with `keys` (in log order), when they come from the log.
+    fn range(&self, keys: &[RowKey]) -> Option<LedgerRange> {
+        Some(LedgerRange {
+            log_id: self.log_id?,
+            first: *keys.first()?,
+            last: *keys.last()?,
+        })
+    }
+
     async fn write_rejected(&self, rows: Vec<Vec<Cell>>) {
         let count = rows.len() as u64;
-        match self.write_batch(&self.rejected, &rows).await {
+        match self
+            .write_batch(&self.rejected, &self.rejected.table, &rows, None)
+            .await
+        {
             Ok(()) => {
                 self.tally.rejected.fetch_add(count, Ordering::Relaxed);
             }
@@ -474,7 +638,9 @@ impl Writer {
     async fn write_batch(
         &self,
         target: &Target,
+        ledger_table: &str,
         rows: &[Vec<Cell>],
+        range: Option<LedgerRange>,
     ) -> Result<(), (Failure, String)> {
         let data = encode_copy(rows.iter().map(Vec::as_slice), rows.len() * 128);
         let batch_id = uuid::Uuid::new_v4();
@@ -486,7 +652,10 @@ impl Writer {
         });
         let mut attempt = 0u32;
         loop {
-            let error = match self.try_write(target, &data, batch_id, rows.len()).await {
+            let error = match self
+                .try_write(target, ledger_table, &data, batch_id, rows.len(), range)
+                .await
+            {
                 Ok(written) => {
                     if matches!(written, Written::AlreadyCommitted) {
                         metrics::counter!(telemetry::SINK_LEDGER_SKIPS, "table" => target.table.clone()).increment(1);
@@ -518,18 +687,21 @@ impl Writer {
     async fn try_write(
         &self,
         target: &Target,
+        ledger_table: &str,
         data: &Bytes,
         batch_id: uuid::Uuid,
         rows: usize,
+        range: Option<LedgerRange>,
     ) -> Result<Written, TimescaleSinkError> {
         let started = std::time::Instant::now();
         let written = copy_batch(
             &self.pool,
-            &target.table,
+            ledger_table,
             &target.copy_sql,
             data,
             batch_id,
             rows,
+            range,
         )
         .await?;
         if matches!(written, Written::Committed) {

@@ -1,0 +1,203 @@
+//! A destination's progress through the log. Destinations finish records out of order (several
+//! batches in flight, rows of one request in several tables), so the cursor is the first
+//! record not yet finished: every record before it is done. A record is finished when the
+//! last [`Done`] guard for it is dropped, which the destinations do once a batch has its
+//! outcome (delivered, or given up for good and counted).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::Position;
+
+/// One destination's outstanding records and read position.
+#[derive(Debug)]
+pub struct Tracker {
+    name: Arc<str>,
+    inner: Mutex<Inner>,
+    /// After a forced shutdown, abandoned deliveries must not count as finished.
+    frozen: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Records handed out and not finished: seq -> (offset, received unix ns).
+    outstanding: BTreeMap<u64, (u64, i64)>,
+    /// The reader's position: every record before it was handed out or skipped.
+    next: Position,
+    saved: Option<Position>,
+}
+
+impl Tracker {
+    pub fn new(name: &str, start: Position) -> Self {
+        Tracker {
+            name: name.into(),
+            inner: Mutex::new(Inner {
+                outstanding: BTreeMap::new(),
+                next: start,
+                saved: None,
+            }),
+            frozen: AtomicBool::new(false),
+        }
+    }
+
+    pub fn name(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("tracker lock")
+    }
+
+    /// Where the reader continues.
+    pub fn next(&self) -> Position {
+        self.lock().next
+    }
+
+    /// The record at `at` (ending at `end`) is handed to the destination.
+    pub fn hold(self: &Arc<Self>, at: Position, end: Position, received_unix_nanos: i64) -> Done {
+        let mut inner = self.lock();
+        inner
+            .outstanding
+            .insert(at.seq, (at.offset, received_unix_nanos));
+        inner.next = end;
+        Done {
+            tracker: self.clone(),
+            seq: at.seq,
+        }
+    }
+
+    /// The reader moved to `to` without handing anything out (a signal this destination does
+    /// not take, or data dropped for it).
+    pub fn skip_to(&self, to: Position) {
+        self.lock().next = to;
+    }
+
+    /// Everything before the returned position is finished; with the received time of the
+    /// record at it, when it is outstanding.
+    pub fn cursor(&self) -> (Position, Option<i64>) {
+        let inner = self.lock();
+        match inner.outstanding.first_key_value() {
+            Some((&seq, &(offset, received))) => (Position { seq, offset }, Some(received)),
+            None => (inner.next, None),
+        }
+    }
+
+    pub fn needs_save(&self, cursor: Position) -> bool {
+        self.lock().saved != Some(cursor)
+    }
+
+    pub fn mark_saved(&self, cursor: Position) {
+        self.lock().saved = Some(cursor);
+    }
+
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    fn finish(&self, seq: u64) {
+        if self.frozen.load(Ordering::SeqCst) {
+            return;
+        }
+        self.lock().outstanding.remove(&seq);
+    }
+}
+
+/// Marks a record finished for one destination when dropped.
+#[derive(Debug)]
+pub struct Done {
+    tracker: Arc<Tracker>,
+    seq: u64,
+}
+
+impl Done {
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.tracker.finish(self.seq);
+    }
+}
+
+/// Reads a saved cursor; `Ok(None)` if there is none.
+pub fn load(path: &Path) -> io::Result<Option<Position>> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut parts = text.split_ascii_whitespace().map(str::parse::<u64>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(seq)), Some(Ok(offset))) => Ok(Some(Position { seq, offset })),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} does not hold \"<seq> <offset>\"", path.display()),
+        )),
+    }
+}
+
+/// Saves a cursor so that a crash leaves either the old or the new one.
+pub fn save(path: &Path, at: Position) -> io::Result<()> {
+    write_atomically(path, format!("{} {}\n", at.seq, at.offset).as_bytes())
+}
+
+/// Writes `data` to a temporary file, syncs it and renames it over `path`.
+pub fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(data)?;
+    file.sync_data()?;
+    fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(seq: u64) -> Position {
+        Position {
+            seq,
+            offset: seq * 10,
+        }
+    }
+
+    #[test]
+    fn cursor_is_the_first_unfinished_record() {
+        let tracker = Arc::new(Tracker::new("t", pos(0)));
+        let a = tracker.hold(pos(0), pos(1), 0);
+        tracker.skip_to(pos(2));
+        let c = tracker.hold(pos(2), pos(3), 0);
+        assert_eq!(tracker.cursor().0, pos(0));
+        drop(c);
+        assert_eq!(tracker.cursor().0, pos(0), "finished out of order");
+        drop(a);
+        assert_eq!(tracker.cursor().0, pos(3));
+    }
+
+    #[test]
+    fn frozen_tracker_keeps_abandoned_records() {
+        let tracker = Arc::new(Tracker::new("t", pos(5)));
+        let a = tracker.hold(pos(5), pos(6), 0);
+        tracker.freeze();
+        drop(a);
+        assert_eq!(tracker.cursor().0, pos(5));
+    }
+
+    #[test]
+    fn saved_cursor_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dest");
+        assert_eq!(load(&path).unwrap(), None);
+        save(&path, pos(7)).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(pos(7)));
+        fs::write(&path, "garbage").unwrap();
+        assert!(load(&path).is_err());
+    }
+}

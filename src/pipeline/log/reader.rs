@@ -1,0 +1,303 @@
+//! A destination's reader: follows the log from the destination's cursor and feeds its queue.
+//! Recent records come from the in-memory cache; a reader that fell behind reads segments
+//! from disk (on the blocking pool), so a slow destination costs disk reads, not memory.
+
+use std::fs::File;
+use std::io::{BufReader, Seek, SeekFrom};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::segment::{self, ReadError, Record, SEGMENT_HEADER};
+use super::{instant_of, unix_nanos_of, Position, Shared, Tracker};
+use crate::pipeline::{Delivery, Payload, QueueSender};
+use crate::telemetry;
+use crate::Signal;
+
+/// Records read from disk in one go, at most.
+const DISK_BATCH_RECORDS: usize = 512;
+const DISK_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// One record ready to hand out.
+struct Item {
+    at: Position,
+    end: Position,
+    payload: Arc<Payload>,
+}
+
+/// An open segment being read sequentially.
+struct DiskCursor {
+    next_segment: Option<Position>,
+    reader: BufReader<File>,
+    at: Position,
+}
+
+/// See the module docs.
+pub struct Reader {
+    shared: Arc<Shared>,
+    tracker: Arc<Tracker>,
+    signals: [bool; 3],
+    queue: QueueSender,
+    max_lag_bytes: Option<u64>,
+    head: watch::Receiver<Position>,
+    replay_until: u64,
+    disk: Option<DiskCursor>,
+}
+
+impl Reader {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        tracker: Arc<Tracker>,
+        signals: &[Signal],
+        queue: QueueSender,
+        max_lag_bytes: Option<u64>,
+        head: watch::Receiver<Position>,
+        replay_until: u64,
+    ) -> Self {
+        let mut mask = [false; 3];
+        for s in signals {
+            mask[s.index()] = true;
+        }
+        Reader {
+            shared,
+            tracker,
+            signals: mask,
+            queue,
+            max_lag_bytes,
+            head,
+            replay_until,
+            disk: None,
+        }
+    }
+
+    /// Where this reader starts.
+    pub fn start(&self) -> Position {
+        self.tracker.next()
+    }
+
+    fn name(&self) -> String {
+        self.tracker.name().to_string()
+    }
+
+    /// Hands records to the queue until the log is closed and read to its end, or `stop`
+    /// fires. Dropping the queue sender on return tells the destination to drain and stop.
+    pub async fn run(mut self, stop: CancellationToken) {
+        loop {
+            let next = self.tracker.next();
+            let head = *self.head.borrow_and_update();
+            if next.seq >= head.seq {
+                tokio::select! {
+                    changed = self.head.changed() => {
+                        if changed.is_err() && self.tracker.next().seq >= self.head.borrow().seq {
+                            break;
+                        }
+                    }
+                    () = stop.cancelled() => break,
+                }
+                continue;
+            }
+            if self.skip_lost(next, head) {
+                continue;
+            }
+            let items = {
+                let cached = self.shared.cached(next.seq, DISK_BATCH_RECORDS);
+                if cached.is_empty() {
+                    match self.read_disk(next, head).await {
+                        Some(items) => items,
+                        None => continue,
+                    }
+                } else {
+                    self.disk = None;
+                    cached
+                        .into_iter()
+                        .map(|c| Item {
+                            at: c.at,
+                            end: c.end,
+                            payload: c.payload,
+                        })
+                        .collect()
+                }
+            };
+            for item in items {
+                if item.at.seq < self.replay_until {
+                    metrics::counter!(telemetry::LOG_REPLAYED_RECORDS, "destination" => self.name())
+                        .increment(1);
+                }
+                if !self.signals[item.payload.signal.index()] {
+                    self.tracker.skip_to(item.end);
+                    continue;
+                }
+                let done = self.tracker.hold(
+                    item.at,
+                    item.end,
+                    unix_nanos_of(item.payload.received),
+                );
+                let delivery = Delivery::logged(item.payload, item.at, done);
+                tokio::select! {
+                    sent = self.queue.send(delivery) => if sent.is_err() { return },
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+
+    /// Moves past data this destination can no longer get: segments deleted under
+    /// `drop_oldest`, or older than its lag limit. Returns true if it moved.
+    fn skip_lost(&mut self, next: Position, head: Position) -> bool {
+        let mut target = None;
+        let mut reason = "";
+        if let Some((oldest, _)) = self.shared.oldest() {
+            if next.seq < oldest.seq {
+                target = Some(oldest);
+                reason = "log_full";
+            }
+        }
+        if let Some(limit) = self.max_lag_bytes {
+            let from = target.unwrap_or(next);
+            if head.offset.saturating_sub(from.offset) > limit {
+                if let Some(to) = self.shared.segment_from(head.offset - limit) {
+                    if to.seq > from.seq {
+                        target = Some(to);
+                        reason = "lag_limit";
+                    }
+                }
+            }
+        }
+        let Some(to) = target else { return false };
+        self.drop_until(next, to, reason);
+        true
+    }
+
+    fn drop_until(&mut self, next: Position, to: Position, reason: &'static str) {
+        let records = to.seq - next.seq;
+        metrics::counter!(telemetry::LOG_DROPPED_RECORDS, "destination" => self.name(), "reason" => reason)
+            .increment(records);
+        tracing::warn!(destination = %self.tracker.name(), records, reason, "Dropping log records this destination had not read.");
+        self.tracker.skip_to(to);
+        self.disk = None;
+    }
+
+    /// Reads the next records from disk on the blocking pool.
+    async fn read_disk(&mut self, next: Position, head: Position) -> Option<Vec<Item>> {
+        let cursor = match self.disk.take() {
+            Some(cursor) if cursor.at == next => cursor,
+            _ => match self.open_at(next) {
+                Ok(cursor) => cursor,
+                Err(error) => {
+                    tracing::error!(destination = %self.tracker.name(), %error, "Cannot open a log segment; retrying.");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    return None;
+                }
+            },
+        };
+        let joined = tokio::task::spawn_blocking(move || read_some(cursor, head)).await;
+        let (cursor, outcome) = match joined {
+            Ok(result) => result,
+            Err(_) => return None,
+        };
+        match outcome {
+            Ok(items) => {
+                self.disk = cursor;
+                Some(items)
+            }
+            Err((_, READ_ERROR)) => {
+                tracing::error!(destination = %self.tracker.name(), "Cannot read the log; retrying.");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                None
+            }
+            Err((at, why)) => {
+                match self.shared.segment_for(at.seq).and_then(|(_, n)| n) {
+                    Some(next_segment) => {
+                        tracing::error!(destination = %self.tracker.name(), seq = at.seq, reason = why, "Corrupt log record; skipping the rest of its segment.");
+                        self.drop_until(at, next_segment, "corrupt");
+                    }
+                    None => {
+                        tracing::error!(destination = %self.tracker.name(), seq = at.seq, reason = why, "Corrupt record at the end of the log; skipping to the head.");
+                        self.drop_until(at, head, "corrupt");
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn open_at(&self, at: Position) -> std::io::Result<DiskCursor> {
+        let (segment, next_segment) = self.shared.segment_for(at.seq).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no segment holds the record")
+        })?;
+        let mut reader = BufReader::with_capacity(1 << 20, File::open(&segment.path)?);
+        reader.seek(SeekFrom::Start(
+            SEGMENT_HEADER + (at.offset - segment.base_offset),
+        ))?;
+        Ok(DiskCursor {
+            next_segment,
+            reader,
+            at,
+        })
+    }
+}
+
+const READ_ERROR: &str = "read error";
+
+type ReadOutcome = Result<Vec<Item>, (Position, &'static str)>;
+
+/// Reads up to a batch of records from `cursor`, stopping at the head and at the end of the
+/// segment. Returns the cursor to continue with (none at a segment's end).
+fn read_some(mut cursor: DiskCursor, head: Position) -> (Option<DiskCursor>, ReadOutcome) {
+    let mut items = Vec::new();
+    let mut bytes = 0;
+    let segment_end = match cursor.next_segment {
+        Some(next) => next.offset,
+        None => head.offset,
+    };
+    while items.len() < DISK_BATCH_RECORDS && bytes < DISK_BATCH_BYTES {
+        let at = cursor.at;
+        if at.offset >= segment_end && cursor.next_segment.is_some() {
+            // This segment is read; the next call opens the following one.
+            return (None, Ok(items));
+        }
+        if at.offset >= head.offset {
+            break;
+        }
+        match segment::read_record(&mut cursor.reader, at.seq) {
+            Ok(Some(record)) => {
+                let len = Record::encoded_len(record.body.len());
+                bytes += record.body.len();
+                cursor.at = Position {
+                    seq: at.seq + 1,
+                    offset: at.offset + len,
+                };
+                items.push(Item {
+                    at,
+                    end: cursor.at,
+                    payload: Arc::new(Payload::replayed(
+                        record.signal,
+                        record.body,
+                        record.items,
+                        instant_of(record.received_unix_nanos),
+                    )),
+                });
+            }
+            Ok(None) => {
+                if items.is_empty() {
+                    return (None, Err((at, "segment ends early")));
+                }
+                break;
+            }
+            Err(ReadError::Corrupt(why)) => {
+                if items.is_empty() {
+                    return (None, Err((at, why)));
+                }
+                break;
+            }
+            Err(ReadError::Io(_)) => {
+                if items.is_empty() {
+                    return (None, Err((at, READ_ERROR)));
+                }
+                break;
+            }
+        }
+    }
+    (Some(cursor), Ok(items))
+}
