@@ -164,8 +164,10 @@ impl Config {
             validate_name(name)
                 .map_err(|m| ConfigError::invalid(format!("exporters.{name}"), m))?;
             exporter.validate(&format!("exporters.{name}"))?;
-            self.log
-                .validate_lag(&format!("exporters.{name}.queue.max_lag_bytes"), &exporter.queue)?;
+            self.log.validate_lag(
+                &format!("exporters.{name}.queue.max_lag_bytes"),
+                &exporter.queue,
+            )?;
         }
         if let Some(timescale) = &self.timescale {
             self.log

@@ -274,19 +274,52 @@ fn describe_metrics() {
         Unit::Bytes,
         "Bytes per exported batch."
     );
-    describe_gauge!(LOG_BYTES, Unit::Bytes, "Bytes of durable log segments on disk.");
+    describe_gauge!(
+        LOG_BYTES,
+        Unit::Bytes,
+        "Bytes of durable log segments on disk."
+    );
     describe_gauge!(LOG_RECORDS, "Records in the durable log.");
-    describe_counter!(LOG_APPENDED_RECORDS, "Requests appended to the durable log.");
-    describe_counter!(LOG_APPENDED_BYTES, Unit::Bytes, "Bytes appended to the durable log.");
+    describe_counter!(
+        LOG_APPENDED_RECORDS,
+        "Requests appended to the durable log."
+    );
+    describe_counter!(
+        LOG_APPENDED_BYTES,
+        Unit::Bytes,
+        "Bytes appended to the durable log."
+    );
     describe_histogram!(LOG_GROUP_REQUESTS, "Requests per group commit (one sync).");
-    describe_histogram!(LOG_SYNC_SECONDS, Unit::Seconds, "Time of one group's write and sync.");
-    describe_counter!(LOG_REFUSED_REQUESTS, "Requests the durable log refused, by reason.");
+    describe_histogram!(
+        LOG_SYNC_SECONDS,
+        Unit::Seconds,
+        "Time of one group's write and sync."
+    );
+    describe_counter!(
+        LOG_REFUSED_REQUESTS,
+        "Requests the durable log refused, by reason."
+    );
     describe_gauge!(LOG_LAG_RECORDS, "Records a destination has not finished.");
-    describe_gauge!(LOG_LAG_BYTES, Unit::Bytes, "Bytes a destination has not finished.");
-    describe_gauge!(LOG_LAG_AGE_SECONDS, Unit::Seconds, "Age of a destination's oldest unfinished record.");
+    describe_gauge!(
+        LOG_LAG_BYTES,
+        Unit::Bytes,
+        "Bytes a destination has not finished."
+    );
+    describe_gauge!(
+        LOG_LAG_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of a destination's oldest unfinished record."
+    );
     describe_counter!(LOG_REPLAYED_RECORDS, "Records read again after a restart.");
-    describe_counter!(LOG_TRUNCATED_BYTES, Unit::Bytes, "Torn or corrupt log bytes cut off at start-up.");
-    describe_counter!(LOG_DROPPED_RECORDS, "Log records a destination never got, by reason.");
+    describe_counter!(
+        LOG_TRUNCATED_BYTES,
+        Unit::Bytes,
+        "Torn or corrupt log bytes cut off at start-up."
+    );
+    describe_counter!(
+        LOG_DROPPED_RECORDS,
+        "Log records a destination never got, by reason."
+    );
     describe_counter!(SINK_ROWS, "Rows committed by the TimescaleDB sink.");
     describe_counter!(
         SINK_REJECTED_ROWS,

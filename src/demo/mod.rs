@@ -113,10 +113,8 @@ async fn run_until(args: DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> 
     let lgtm = RecordingBackend::start_with(false).await?;
     let uptrace = RecordingBackend::start_with(true).await?;
     // The durable log lives in a throwaway directory, removed when the demo ends.
-    let log_dir = TempDir(std::env::temp_dir().join(format!(
-        "otelgate-demo-log-{}",
-        std::process::id()
-    )));
+    let log_dir =
+        TempDir(std::env::temp_dir().join(format!("otelgate-demo-log-{}", std::process::id())));
     let mut config = Config::default();
     config.log.dir = log_dir.0.clone();
     config.receiver.grpc_endpoint = args.grpc.clone();

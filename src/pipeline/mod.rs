@@ -49,12 +49,7 @@ impl Payload {
     }
 
     /// A request read back from the durable log.
-    pub fn replayed(
-        signal: Signal,
-        body: Bytes,
-        items: u64,
-        received: std::time::Instant,
-    ) -> Self {
+    pub fn replayed(signal: Signal, body: Bytes, items: u64, received: std::time::Instant) -> Self {
         Payload {
             signal,
             body,

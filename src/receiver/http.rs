@@ -111,9 +111,7 @@ fn failure(format: BodyFormat, error: &IngestError) -> Response {
         }
         IngestError::Unavailable { .. }
         | IngestError::LogFailed { .. }
-        | IngestError::ShuttingDown { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        | IngestError::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
     };
     let grpc = super::grpc::to_status(error);
     let rpc_status = tonic_types::pb::Status {

@@ -2,6 +2,7 @@
 //! backends, driven by the OpenTelemetry SDK's OTLP exporters, raw gRPC and HTTP clients.
 
 mod deploy;
+mod durable;
 mod faults;
 mod forwarding;
 mod inputs;

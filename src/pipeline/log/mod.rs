@@ -171,15 +171,15 @@ impl LogConfig {
     /// whole segment at a time.
     pub(crate) fn validate_lag(&self, key: &str, queue: &QueueConfig) -> Result<(), ConfigError> {
         match queue.max_lag_bytes {
-            Some(limit) if self.enabled && limit < 2 * self.segment_bytes => Err(
-                ConfigError::invalid(
+            Some(limit) if self.enabled && limit < 2 * self.segment_bytes => {
+                Err(ConfigError::invalid(
                     key,
                     format!(
                         "must be at least twice log.segment_bytes ({})",
                         self.segment_bytes
                     ),
-                ),
-            ),
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -281,7 +281,13 @@ impl Shared {
             return Vec::new();
         }
         let start = (seq - first.at.seq) as usize;
-        cache.entries.iter().skip(start).take(max).cloned().collect()
+        cache
+            .entries
+            .iter()
+            .skip(start)
+            .take(max)
+            .cloned()
+            .collect()
     }
 
     fn oldest(&self) -> Option<(Position, Option<i64>)> {
@@ -356,8 +362,9 @@ impl Log {
         let log_dir = dir.join("log");
         let cursor_dir = dir.join("cursors");
         for d in [dir, &log_dir, &cursor_dir] {
-            fs::create_dir_all(d)
-                .with_context(|| format!("cannot create the log directory {} (log.dir)", d.display()))?;
+            fs::create_dir_all(d).with_context(|| {
+                format!("cannot create the log directory {} (log.dir)", d.display())
+            })?;
         }
         let lock = OpenOptions::new()
             .create(true)
@@ -415,10 +422,12 @@ impl Log {
                 first_received,
             });
         }
-        let head = segments.back().map_or(Position::default(), |last| Position {
-            seq: last.first_seq + tail_records,
-            offset: last.base_offset + (last.len - SEGMENT_HEADER),
-        });
+        let head = segments
+            .back()
+            .map_or(Position::default(), |last| Position {
+                seq: last.first_seq + tail_records,
+                offset: last.base_offset + (last.len - SEGMENT_HEADER),
+            });
         let active = match segments.back() {
             Some(last) => {
                 let mut file = OpenOptions::new().write(true).open(&last.path)?;
@@ -669,7 +678,12 @@ impl Log {
             .lock()
             .expect("trackers lock")
             .iter()
-            .map(|t| (t.name().to_string(), head.seq.saturating_sub(t.cursor().0.seq)))
+            .map(|t| {
+                (
+                    t.name().to_string(),
+                    head.seq.saturating_sub(t.cursor().0.seq),
+                )
+            })
             .collect()
     }
 }

@@ -128,11 +128,9 @@ impl Reader {
                     self.tracker.skip_to(item.end);
                     continue;
                 }
-                let done = self.tracker.hold(
-                    item.at,
-                    item.end,
-                    unix_nanos_of(item.payload.received),
-                );
+                let done =
+                    self.tracker
+                        .hold(item.at, item.end, unix_nanos_of(item.payload.received));
                 let delivery = Delivery::logged(item.payload, item.at, done);
                 tokio::select! {
                     sent = self.queue.send(delivery) => if sent.is_err() { return },

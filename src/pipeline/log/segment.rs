@@ -188,7 +188,8 @@ pub fn scan(path: &PathBuf, first_seq: u64) -> io::Result<Scan> {
     loop {
         match read_record(&mut reader, first_seq + scan.records) {
             Ok(Some(record)) => {
-                scan.first_received.get_or_insert(record.received_unix_nanos);
+                scan.first_received
+                    .get_or_insert(record.received_unix_nanos);
                 scan.records += 1;
                 scan.valid_len += Record::encoded_len(record.body.len());
             }

@@ -419,7 +419,9 @@ impl TimescaleSink {
             .fetch_add(slot.rows.len() as u64, Ordering::Relaxed);
         tasks.spawn(async move {
             let count = slot.rows.len() as u64;
-            writer.write(&target, slot.rows, slot.keys, slot.oldest).await;
+            writer
+                .write(&target, slot.rows, slot.keys, slot.oldest)
+                .await;
             writer.tally.in_flight.fetch_sub(count, Ordering::Relaxed);
             drop(slot.payloads);
             drop(permit);
