@@ -1,6 +1,7 @@
 //! The admin endpoint: `/metrics` (Prometheus text), `/healthz` (the process serves) and
 //! `/readyz` (the gateway accepts data; JSON details of every destination queue and the
-//! memory budget, 503 while starting or shutting down).
+//! memory budget, the durable log and the database; 503 while starting, shutting down, or
+//! when the durable log cannot be written).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+use crate::pipeline::log::Log;
 use crate::pipeline::{MemoryBudget, QueueStats};
 use crate::sink::timescale::SchemaInfo;
 
@@ -23,6 +25,8 @@ pub struct AdminState {
     pub budget: MemoryBudget,
     /// What the TimescaleDB sink found in the database, when configured.
     pub database: Option<SchemaInfo>,
+    /// The durable log, when on. Not ready if it cannot be written.
+    pub log: Option<Arc<Log>>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -43,7 +47,8 @@ async fn metrics() -> Response {
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
-    let ready = state.ready.load(Ordering::Relaxed);
+    let ready =
+        state.ready.load(Ordering::Relaxed) && state.log.as_ref().is_none_or(|log| log.healthy());
     let exporters: Vec<_> = state
         .queues
         .iter()
@@ -53,6 +58,7 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
         "status": if ready { "ready" } else { "not ready" },
         "exporters": exporters,
         "memory_budget": { "used_bytes": state.budget.used(), "limit_bytes": state.budget.limit() },
+        "log": state.log.as_ref().map(|log| log.status()),
         "database": state.database.as_ref().map(|d| serde_json::json!({
             "timescaledb": d.timescaledb,
             "warning": d.warning(),

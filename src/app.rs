@@ -72,6 +72,11 @@ impl Gateway {
             tracing::warn!("The durable log is off (log.enabled = false): requests not yet delivered are lost if the process crashes or is killed.");
             None
         };
+        // With the log, each destination may hold this many bytes of requests it has read
+        // and not finished; the log keeps the rest on disk.
+        let destinations = config.exporters.len() + usize::from(config.timescale.is_some());
+        let window = (config.pipeline.memory_budget_bytes / 2 / destinations.max(1) as u64)
+            .max(config.receiver.max_request_bytes as u64);
         let readers_stop = CancellationToken::new();
         let mut readers = JoinSet::new();
         let mut signals = [false; 3];
@@ -88,13 +93,21 @@ impl Gateway {
                 Some(log) => {
                     // The log keeps what is not delivered: retry until delivered or stopped.
                     exporter.retry.max_elapsed_ms = u64::MAX;
-                    let reader =
-                        log.reader(name, &exporter.signals, tx, exporter.queue.max_lag_bytes)?;
+                    let reader = log.reader(
+                        name,
+                        &exporter.signals,
+                        tx,
+                        exporter.queue.max_lag_bytes,
+                        window,
+                    )?;
                     readers.spawn(reader.run(readers_stop.clone()));
                 }
                 None => fanout.add(name, &exporter.signals, tx, exporter.queue.clone()),
             }
-            let worker = OtlpExporter::new(name, &exporter, client, rx);
+            let mut worker = OtlpExporter::new(name, &exporter, client, rx);
+            if log.is_some() {
+                worker = worker.durable();
+            }
             exporters.spawn(worker.run(exporters_stop.clone()));
         }
         let mut sink = None;
@@ -117,8 +130,13 @@ impl Gateway {
             }
             let ledger = match &log {
                 Some(log) => {
-                    let reader =
-                        log.reader("timescale", &sink_signals, tx, config.queue.max_lag_bytes)?;
+                    let reader = log.reader(
+                        "timescale",
+                        &sink_signals,
+                        tx,
+                        config.queue.max_lag_bytes,
+                        window,
+                    )?;
                     let replay_until = log.opened_at().seq;
                     let committed = if reader.start().seq < replay_until {
                         let committed = Committed::load(&pool, log.id(), reader.start().seq)
@@ -204,6 +222,7 @@ impl Gateway {
             queues,
             budget,
             database: schema,
+            log: log.clone(),
         });
         let admin_stop = CancellationToken::new();
         let admin_task = tokio::spawn(net::serve(
@@ -276,7 +295,12 @@ impl Gateway {
         // With the log: every accepted request is in it. The writer finishes its last group
         // once the receivers are gone; readers then read to the end and close the queues.
         if let Some(log) = &self.log {
-            log.join_writer().await;
+            if tokio::time::timeout_at(deadline, log.join_writer())
+                .await
+                .is_err()
+            {
+                tracing::warn!("The durable log's writer did not finish before the deadline.");
+            }
         }
         let mut reports = Vec::new();
         loop {

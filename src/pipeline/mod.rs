@@ -75,6 +75,8 @@ pub struct Delivery(Arc<DeliveryInner>);
 struct DeliveryInner {
     payload: Arc<Payload>,
     logged: Option<(log::Position, log::Done)>,
+    /// With the log: this request's share of its destination's read window.
+    _window: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Delivery {
@@ -83,14 +85,21 @@ impl Delivery {
         Delivery(Arc::new(DeliveryInner {
             payload,
             logged: None,
+            _window: None,
         }))
     }
 
     /// A request read from the durable log at `at`.
-    pub fn logged(payload: Arc<Payload>, at: log::Position, done: log::Done) -> Self {
+    pub fn logged(
+        payload: Arc<Payload>,
+        at: log::Position,
+        done: log::Done,
+        window: tokio::sync::OwnedSemaphorePermit,
+    ) -> Self {
         Delivery(Arc::new(DeliveryInner {
             payload,
             logged: Some((at, done)),
+            _window: Some(window),
         }))
     }
 

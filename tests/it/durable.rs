@@ -320,7 +320,9 @@ max_rows = 200
 /// and once PostgreSQL is back the backlog drains with every row once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_drains_afterwards_and_exporters_keep_their_rate() {
-    let pg = TempPostgres::start(false).unwrap();
+    // Durable settings: with synchronous_commit off, an immediate stop loses commits
+    // PostgreSQL had already acknowledged, which no client can make up for.
+    let pg = TempPostgres::start(true).unwrap();
     let backend = RecordingBackend::start().await.unwrap();
     let mut config = config_for(&[("a", &backend, Protocol::Grpc)]);
     config.timescale = Some(sink_config(&pg.url()));

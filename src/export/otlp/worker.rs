@@ -27,7 +27,8 @@ pub struct ExportReport {
     pub delivered: u64,
     /// Items given up on: non-retryable errors, retries exhausted, or partial-success rejections.
     pub failed: u64,
-    /// Items still queued, batched or in flight when a forced shutdown stopped the worker.
+    /// Items still queued, batched or in flight when a forced shutdown stopped the worker
+    /// (with the durable log they are not lost: they stay in the log).
     pub undelivered: u64,
 }
 
@@ -39,6 +40,8 @@ pub struct OtlpExporter {
     batch: BatchConfig,
     retry: RetryConfig,
     concurrency: usize,
+    /// Fed by the durable log: what is not delivered at a forced stop stays in the log.
+    durable: bool,
 }
 
 /// Requests of one signal waiting to be sent together.
@@ -97,7 +100,14 @@ impl OtlpExporter {
             batch: config.batch.clone(),
             retry: config.retry.clone(),
             concurrency: config.concurrency,
+            durable: false,
         }
+    }
+
+    /// Marks this exporter as fed by the durable log (see [`ExportReport::undelivered`]).
+    pub fn durable(mut self) -> Self {
+        self.durable = true;
+        self
     }
 
     /// Runs until the queue is closed and drained (graceful) or `stop` fires (forced).
@@ -168,7 +178,9 @@ impl OtlpExporter {
         }
         for signal in Signal::ALL {
             let items = undelivered[signal.index()];
-            if items > 0 {
+            if items > 0 && self.durable {
+                tracing::info!(exporter = %self.name, %signal, items, "Shutdown deadline reached; undelivered items stay in the durable log.");
+            } else if items > 0 {
                 metrics::counter!(telemetry::EXPORTER_FAILED_ITEMS, "exporter" => self.name.to_string(), "signal" => signal.as_str(), "reason" => reason::SHUTDOWN).increment(items);
                 tracing::error!(exporter = %self.name, %signal, items, "Shutdown deadline reached; items were not delivered.");
             }

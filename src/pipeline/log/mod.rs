@@ -269,6 +269,8 @@ struct Shared {
     state: Mutex<State>,
     cache: Mutex<Cache>,
     trackers: Mutex<Vec<Arc<Tracker>>>,
+    /// Why the writer stopped accepting, after a write or sync failure.
+    failed: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -450,6 +452,7 @@ impl Log {
             state: Mutex::new(State { segments, bytes }),
             cache: Mutex::new(Cache::default()),
             trackers: Mutex::new(Vec::new()),
+            failed: Mutex::new(None),
         });
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(4096);
@@ -501,13 +504,15 @@ impl Log {
     }
 
     /// A reader for destination `name`, starting at its saved cursor (or at the head for a
-    /// destination the log has not seen before), and feeding `queue`.
+    /// destination the log has not seen before), and feeding `queue` with at most
+    /// `window_bytes` of requests held by the destination at once.
     pub fn reader(
         &self,
         name: &str,
         signals: &[Signal],
         queue: QueueSender,
         max_lag_bytes: Option<u64>,
+        window_bytes: u64,
     ) -> anyhow::Result<Reader> {
         let head = self.head();
         let path = self.shared.cursor_dir.join(name);
@@ -550,6 +555,7 @@ impl Log {
             max_lag_bytes,
             self.head.clone(),
             self.opened_at.seq,
+            window_bytes,
         ))
     }
 
@@ -668,6 +674,48 @@ impl Log {
             let log = self.clone();
             let _ = tokio::task::spawn_blocking(move || log.maintain()).await;
         }
+    }
+
+    /// The log's state for `/readyz`.
+    pub fn status(&self) -> serde_json::Value {
+        let head = self.head();
+        let (bytes, segments, oldest) = {
+            let state = self.shared.state.lock().expect("log state lock");
+            (
+                state.bytes,
+                state.segments.len(),
+                state.segments.front().map_or(head.seq, |s| s.first_seq),
+            )
+        };
+        let destinations: Vec<_> = self
+            .shared
+            .trackers
+            .lock()
+            .expect("trackers lock")
+            .iter()
+            .map(|t| {
+                let cursor = t.cursor().0;
+                serde_json::json!({
+                    "name": &*t.name(),
+                    "lag_records": head.seq.saturating_sub(cursor.seq),
+                    "lag_bytes": head.offset.saturating_sub(cursor.offset),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "dir": self.shared.config.dir,
+            "bytes": bytes,
+            "max_bytes": self.shared.config.max_bytes,
+            "segments": segments,
+            "records": head.seq - oldest,
+            "failed": *self.shared.failed.lock().expect("failed lock"),
+            "destinations": destinations,
+        })
+    }
+
+    /// Whether the log still accepts appends (false after a write or sync failure).
+    pub fn healthy(&self) -> bool {
+        self.shared.failed.lock().expect("failed lock").is_none()
     }
 
     /// Records each destination has not finished, for the shutdown report.
@@ -931,6 +979,7 @@ impl Writer {
     fn fail(&mut self, why: String) -> AppendError {
         tracing::error!(error = %why, "The durable log failed; refusing new requests until restart.");
         self.failed = Some(why.clone());
+        *self.shared.failed.lock().expect("failed lock") = Some(why.clone());
         AppendError::Io(why)
     }
 

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::segment::{self, ReadError, Record, SEGMENT_HEADER};
@@ -43,9 +43,13 @@ pub struct Reader {
     head: watch::Receiver<Position>,
     replay_until: u64,
     disk: Option<DiskCursor>,
+    /// Bytes of requests this destination may hold (queued, batched or in flight).
+    window: Arc<Semaphore>,
+    window_bytes: u32,
 }
 
 impl Reader {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         shared: Arc<Shared>,
         tracker: Arc<Tracker>,
@@ -54,7 +58,9 @@ impl Reader {
         max_lag_bytes: Option<u64>,
         head: watch::Receiver<Position>,
         replay_until: u64,
+        window_bytes: u64,
     ) -> Self {
+        let window_bytes = window_bytes.clamp(1, Semaphore::MAX_PERMITS as u64 / 2) as u32;
         let mut mask = [false; 3];
         for s in signals {
             mask[s.index()] = true;
@@ -68,6 +74,8 @@ impl Reader {
             head,
             replay_until,
             disk: None,
+            window: Arc::new(Semaphore::new(window_bytes as usize)),
+            window_bytes,
         }
     }
 
@@ -128,10 +136,16 @@ impl Reader {
                     self.tracker.skip_to(item.end);
                     continue;
                 }
+                // A request larger than the whole window takes all of it.
+                let share = (item.payload.body.len() as u64).clamp(1, self.window_bytes as u64);
+                let permit = tokio::select! {
+                    permit = self.window.clone().acquire_many_owned(share as u32) => permit.expect("never closed"),
+                    () = stop.cancelled() => return,
+                };
                 let done =
                     self.tracker
                         .hold(item.at, item.end, unix_nanos_of(item.payload.received));
-                let delivery = Delivery::logged(item.payload, item.at, done);
+                let delivery = Delivery::logged(item.payload, item.at, done, permit);
                 tokio::select! {
                     sent = self.queue.send(delivery) => if sent.is_err() { return },
                     () = stop.cancelled() => return,

@@ -344,19 +344,29 @@ impl TimescaleSink {
             }
         }
         tasks.shutdown().await;
+        let durable = self.log.is_some();
         let mut rows_undelivered = self.writer.tally.in_flight.load(Ordering::Relaxed);
-        if rows_undelivered > 0 {
+        if rows_undelivered > 0 && !durable {
             metrics::counter!(telemetry::SINK_FAILED_ROWS, "table" => "(in flight)", "reason" => reason::SHUTDOWN)
                 .increment(rows_undelivered);
         }
         for (slot, target) in pending.iter().zip(&self.targets) {
             if !slot.rows.is_empty() {
                 rows_undelivered += slot.rows.len() as u64;
+                if durable {
+                    continue;
+                }
                 metrics::counter!(telemetry::SINK_FAILED_ROWS, "table" => target.table.clone(), "reason" => reason::SHUTDOWN).increment(slot.rows.len() as u64);
             }
         }
         requests_undelivered += self.queue.drain_now().len() as u64;
-        if rows_undelivered + requests_undelivered > 0 {
+        if rows_undelivered + requests_undelivered > 0 && durable {
+            tracing::info!(
+                rows = rows_undelivered,
+                requests = requests_undelivered,
+                "Shutdown deadline reached; unwritten rows stay in the durable log."
+            );
+        } else if rows_undelivered + requests_undelivered > 0 {
             tracing::error!(
                 rows = rows_undelivered,
                 requests = requests_undelivered,
