@@ -98,5 +98,72 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, rows, fanout);
+/// The durable log: encoding one record (CPU only), and appends that wait for the group
+/// commit (write + fdatasync) on this machine's disk, one at a time and 64 at once.
+fn durable_log(c: &mut Criterion) {
+    use otelgate::pipeline::log::{segment, Log, LogConfig};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (protobuf, _, spans) = request();
+    let mut group = c.benchmark_group("log");
+    group.throughput(Throughput::Bytes(protobuf.len() as u64));
+    let mut buf = Vec::with_capacity(protobuf.len() + 64);
+    group.bench_function("encode_record_with_crc", |b| {
+        b.iter(|| {
+            buf.clear();
+            segment::encode(&mut buf, 1, 2, spans, Signal::Traces, &protobuf);
+        })
+    });
+    let dir = std::env::temp_dir().join(format!("otelgate-bench-log-{}", std::process::id()));
+    let config = LogConfig {
+        dir: dir.clone(),
+        max_bytes: 64 << 30,
+        min_free_bytes: 0,
+        ..LogConfig::default()
+    };
+    let log = runtime.block_on(async { Log::open(&config).expect("log opens") });
+    let appender = log.take_appender().expect("appender");
+    let budget = MemoryBudget::new(1 << 30);
+    let payload = || {
+        let permit = budget.try_admit(protobuf.len()).expect("fits");
+        Arc::new(Payload::new(
+            Signal::Traces,
+            protobuf.clone(),
+            spans,
+            permit,
+        ))
+    };
+    group.bench_function("append_and_sync_one", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(appender.append(payload()))
+                .expect("appended")
+        })
+    });
+    group.throughput(Throughput::Bytes(64 * protobuf.len() as u64));
+    group.bench_function("append_and_sync_64_concurrent", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let appends: Vec<_> = (0..64)
+                    .map(|_| {
+                        let appender = appender.clone();
+                        let payload = payload();
+                        tokio::spawn(async move { appender.append(payload).await })
+                    })
+                    .collect();
+                for append in appends {
+                    append.await.expect("joined").expect("appended");
+                }
+            })
+        })
+    });
+    group.finish();
+    drop((appender, log));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, decode, rows, fanout, durable_log);
 criterion_main!(benches);

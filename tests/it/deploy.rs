@@ -282,6 +282,21 @@ fn bind_mounts(service: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Named-volume mounts of a service as (volume, target).
+fn named_volumes(service: &Value) -> Vec<(String, String)> {
+    service["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            let mut parts = v.as_str()?.split(':');
+            let (source, target) = (parts.next()?, parts.next()?);
+            (!source.starts_with('.') && !source.starts_with('/'))
+                .then(|| (source.to_owned(), target.to_owned()))
+        })
+        .collect()
+}
+
 fn load_config(text: &str, origin: &str, env: &BTreeMap<String, String>) -> Config {
     Config::from_toml_with_env(text, Path::new(origin), env.clone())
         .unwrap_or_else(|e| panic!("{origin} does not load: {e}"))
@@ -326,6 +341,45 @@ impl Dockerfile {
             .filter(|(i, _)| *i == name)
             .map(|(_, args)| args.trim().to_owned())
             .collect()
+    }
+
+    /// The runtime stage's `ENV` variables, which every container of the image starts with
+    /// (`ENV KEY=value ...` and the old `ENV KEY value` form).
+    fn env(&self) -> BTreeMap<String, String> {
+        let runtime = self
+            .text
+            .rsplit_once("\nFROM ")
+            .map_or(self.text.as_str(), |(_, r)| r);
+        let unquote = |v: &str| v.trim_matches('"').to_owned();
+        let mut env = BTreeMap::new();
+        for line in runtime.lines().map(str::trim) {
+            let Some(args) = line.strip_prefix("ENV ") else {
+                continue;
+            };
+            let args = args.trim();
+            match args.split_once(char::is_whitespace) {
+                Some((key, value)) if !key.contains('=') => {
+                    env.insert(key.to_owned(), unquote(value.trim()));
+                }
+                _ => {
+                    for pair in args.split_whitespace() {
+                        let (key, value) = pair
+                            .split_once('=')
+                            .unwrap_or_else(|| panic!("ENV `{pair}` is not KEY=value"));
+                        env.insert(key.to_owned(), unquote(value));
+                    }
+                }
+            }
+        }
+        env
+    }
+
+    /// The environment of a container of this image: the image's `ENV`, then `overrides`
+    /// (compose's `environment`, a pod's `env`), which win.
+    fn container_env(&self, overrides: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut env = self.env();
+        env.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
     }
 
     /// The exec-form array of `HEALTHCHECK ... CMD [...]`.
@@ -706,7 +760,8 @@ fn compose_services_are_pinned_limited_checked_and_wired() {
 fn compose_gateway_config_loads_and_matches_the_other_services() {
     let compose = compose_with(&filled_env()).unwrap();
     let gateway = service(&compose, "otelgate");
-    let env = service_env(gateway);
+    let docker = Dockerfile::load();
+    let env = docker.container_env(&service_env(gateway));
     for var in env.keys().filter(|k| k.starts_with("OTELGATE_")) {
         assert!(var.contains("__"), "{var} names no config key");
     }
@@ -728,7 +783,6 @@ fn compose_gateway_config_loads_and_matches_the_other_services() {
         container_ports(gateway),
         BTreeSet::from([OTLP_GRPC, OTLP_HTTP, ADMIN])
     );
-    let docker = Dockerfile::load();
     let exposed: BTreeSet<u16> = docker
         .instructions("EXPOSE")
         .iter()
@@ -753,10 +807,6 @@ fn compose_gateway_config_loads_and_matches_the_other_services() {
     assert!(bind_mounts(gateway)
         .iter()
         .any(|(s, t)| s == "./otelgate.toml" && t == config_path));
-    assert!(docker
-        .instructions("VOLUME")
-        .iter()
-        .any(|v| v == "/var/lib/otelgate"));
     let user = &docker.instructions("USER")[0];
     assert!(!user.starts_with('0') && user != "root", "runs as root");
     let stages = docker.instructions("FROM");
@@ -776,6 +826,14 @@ fn compose_gateway_config_loads_and_matches_the_other_services() {
         uptrace.queue.when_full,
         WhenFull::Drop,
         "a missing Uptrace must not push back on clients"
+    );
+    // With the log, a missing Uptrace must not hold the log until it refuses clients.
+    assert!(
+        uptrace
+            .queue
+            .max_lag_bytes
+            .is_some_and(|lag| lag <= config.log.max_bytes / 2),
+        "exporters.uptrace.queue.max_lag_bytes must leave the log to the other destinations"
     );
     let uptrace_config = yaml("compose/uptrace/uptrace.yml");
     let (host, port) = host_port(&uptrace.endpoint);
@@ -886,6 +944,92 @@ fn compose_gateway_config_loads_and_matches_the_other_services() {
         .any(|(s, t)| s == "./prometheus" && t == "/etc/prometheus"));
 }
 
+/// The durable log's directory in the image: where `OTELGATE_LOG__DIR` points, a `VOLUME`, and
+/// created for the gateway's user.
+#[track_caller]
+fn image_log_dir(docker: &Dockerfile) -> String {
+    let dir = docker
+        .env()
+        .remove("OTELGATE_LOG__DIR")
+        .expect("the image sets OTELGATE_LOG__DIR, so that the log lands on its volume");
+    assert!(
+        docker
+            .instructions("VOLUME")
+            .iter()
+            .any(|v| v.split_whitespace().any(|v| v.trim_matches('"') == dir)),
+        "the log directory {dir} is not a VOLUME of the image"
+    );
+    let chowned = docker.instructions("RUN").iter().any(|run| {
+        run.split("&&").any(|cmd| {
+            let words: Vec<&str> = cmd.split_whitespace().collect();
+            words.first() == Some(&"chown") && words.contains(&dir.as_str())
+        })
+    });
+    assert!(
+        chowned,
+        "the image does not hand {dir} to its non-root user: the log could not be written"
+    );
+    dir
+}
+
+#[test]
+fn compose_gateway_keeps_its_log_on_a_named_volume() {
+    let compose = compose_with(&filled_env()).unwrap();
+    let gateway = service(&compose, "otelgate");
+    let docker = Dockerfile::load();
+    let image_dir = image_log_dir(&docker);
+    let toml = read("compose/otelgate.toml");
+    // As the container sees it: the image's ENV, then compose's environment.
+    let config = load_config(
+        &toml,
+        "compose/otelgate.toml",
+        &docker.container_env(&service_env(gateway)),
+    );
+    assert!(config.log.enabled, "compose runs the gateway with its log");
+    let dir = config.log.dir.to_str().expect("UTF-8 log.dir").to_owned();
+    assert_eq!(
+        dir, image_dir,
+        "compose's environment moves the log off the image's volume"
+    );
+    // The file alone says the same, for `otelgate check-config` and runs outside the image.
+    let file_only = load_config(&toml, "compose/otelgate.toml", &service_env(gateway));
+    assert_eq!(
+        file_only.log.dir, config.log.dir,
+        "log.dir of otelgate.toml"
+    );
+
+    let (volume, _) = named_volumes(gateway)
+        .into_iter()
+        .find(|(_, target)| *target == dir)
+        .unwrap_or_else(|| {
+            panic!("no named volume at log.dir {dir}: the log would go with the container")
+        });
+    assert!(
+        compose["volumes"].get(&volume).is_some(),
+        "volume `{volume}` is not declared"
+    );
+    assert!(
+        !bind_mounts(gateway)
+            .iter()
+            .any(|(_, t)| t == &dir || dir.starts_with(&format!("{t}/"))),
+        "a bind mount hides the log volume"
+    );
+    // One gateway per log directory.
+    for (name, svc) in compose["services"].as_object().unwrap() {
+        if name != "otelgate" {
+            assert!(
+                !named_volumes(svc).iter().any(|(v, _)| *v == volume),
+                "{name} shares the gateway's log volume `{volume}`"
+            );
+        }
+    }
+    assert_eq!(
+        gateway["deploy"]["replicas"].as_u64().unwrap_or(1),
+        1,
+        "replicas of the gateway would share one log directory"
+    );
+}
+
 /// The value of `key` in `[section]` of an ini file.
 #[track_caller]
 fn ini_value(ini: &str, section: &str, key: &str) -> String {
@@ -978,18 +1122,41 @@ fn selects(selector: &Value, labels: &Value) -> bool {
         .is_some_and(|s| !s.is_empty() && s.iter().all(|(k, v)| &labels[k] == v))
 }
 
-/// The manifests, the gateway Deployment's pod template, and the config the pod would load
-/// (the ConfigMap's otelgate.toml with the pod's environment, dummy values for secrets).
-fn kubernetes_gateway() -> (Vec<Value>, Value, Config) {
+/// The gateway as the manifests run it.
+struct KubernetesGateway {
+    objects: Vec<Value>,
+    /// The StatefulSet `otelgate`.
+    set: Value,
+    /// Its pod template.
+    pod: Value,
+    /// The config the pod would load: the ConfigMap's otelgate.toml with the image's `ENV` and
+    /// the pod's environment (dummy values for secrets).
+    config: Config,
+}
+
+fn kubernetes_gateway() -> KubernetesGateway {
     let objects = kubernetes();
     assert!(
         objects.iter().all(|o| o["kind"] != "Secret"),
         "manifests must reference Secrets, not carry them"
     );
-    let deployment = object(&objects, "Deployment", "otelgate");
-    let pod = deployment["spec"]["template"].clone();
+    // Each replica needs its own log volume back after a restart: not a Deployment.
+    let workloads: Vec<String> = objects
+        .iter()
+        .filter(|o| {
+            ["Deployment", "ReplicaSet", "DaemonSet", "StatefulSet"]
+                .contains(&o["kind"].as_str().unwrap_or(""))
+        })
+        .map(|o| {
+            let name = o["metadata"]["name"].as_str().unwrap_or("");
+            format!("{}/{name}", o["kind"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(workloads, ["StatefulSet/otelgate"]);
+    let set = object(&objects, "StatefulSet", "otelgate").clone();
+    let pod = set["spec"]["template"].clone();
     assert!(selects(
-        &deployment["spec"]["selector"]["matchLabels"],
+        &set["spec"]["selector"]["matchLabels"],
         &pod["metadata"]["labels"]
     ));
     let container = &pod["spec"]["containers"][0];
@@ -1016,15 +1183,21 @@ fn kubernetes_gateway() -> (Vec<Value>, Value, Config) {
         );
         env.insert(name, value);
     }
+    let env = Dockerfile::load().container_env(&env);
     let config_map = object(&objects, "ConfigMap", "otelgate-config");
     let toml = str_of(&config_map["data"]["otelgate.toml"], "otelgate.toml");
     let config = load_config(toml, "deploy/kubernetes/configmap.yaml", &env);
-    (objects, pod, config)
+    KubernetesGateway {
+        objects,
+        set,
+        pod,
+        config,
+    }
 }
 
 #[test]
 fn kubernetes_pod_runs_the_image_with_the_shipped_config() {
-    let (_, pod, config) = kubernetes_gateway();
+    let KubernetesGateway { pod, config, .. } = kubernetes_gateway();
     let container = &pod["spec"]["containers"][0];
     assert_eq!(config.telemetry.admin_endpoint, format!("0.0.0.0:{ADMIN}"));
 
@@ -1081,11 +1254,6 @@ fn kubernetes_pod_runs_the_image_with_the_shipped_config() {
         Dockerfile::load().instructions("ENTRYPOINT")[0].contains(&file),
         "{file}"
     );
-    assert!(container["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|m| m["mountPath"] == "/var/lib/otelgate"));
     let user = Dockerfile::load().instructions("USER")[0]
         .split(':')
         .next()
@@ -1111,7 +1279,12 @@ fn kubernetes_pod_runs_the_image_with_the_shipped_config() {
 
 #[test]
 fn kubernetes_objects_select_the_gateway_pods() {
-    let (objects, pod, config) = kubernetes_gateway();
+    let KubernetesGateway {
+        objects,
+        pod,
+        config,
+        ..
+    } = kubernetes_gateway();
     let labels = &pod["metadata"]["labels"];
     // Services, autoscaling, disruption budget, network policy and scraping select the pods.
     let service = object(&objects, "Service", "otelgate");
@@ -1155,7 +1328,8 @@ fn kubernetes_objects_select_the_gateway_pods() {
     );
     assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
     let hpa = object(&objects, "HorizontalPodAutoscaler", "otelgate");
-    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "StatefulSet");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["apiVersion"], "apps/v1");
     assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "otelgate");
     let pdb = object(&objects, "PodDisruptionBudget", "otelgate");
     assert!(selects(&pdb["spec"]["selector"]["matchLabels"], labels));
@@ -1194,6 +1368,94 @@ fn kubernetes_objects_select_the_gateway_pods() {
             exporter.endpoint
         );
     }
+}
+
+#[test]
+fn kubernetes_replicas_keep_their_log_on_a_claim_of_their_own() {
+    let KubernetesGateway {
+        objects,
+        set,
+        pod,
+        config,
+    } = kubernetes_gateway();
+    let image_dir = image_log_dir(&Dockerfile::load());
+    assert!(config.log.enabled, "the pods run with the durable log");
+    let dir = config.log.dir.to_str().expect("UTF-8 log.dir").to_owned();
+    assert_eq!(
+        dir, image_dir,
+        "the pod moves the log off the image's volume"
+    );
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(
+        container["securityContext"]["readOnlyRootFilesystem"], true,
+        "the root filesystem is read-only, so the log must be on a mount"
+    );
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    let mount = mounts
+        .iter()
+        .find(|m| m["mountPath"] == dir.as_str())
+        .unwrap_or_else(|| panic!("nothing is mounted at log.dir {dir}"));
+    assert_ne!(mount["readOnly"], true, "the log volume is read-only");
+    let name = str_of(&mount["name"], "volumeMounts name");
+    // From a claim template, so that the volume comes back with the pod: a pod volume
+    // (emptyDir) would lose the log, a shared claim would put two gateways on one log.
+    assert!(
+        !pod["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|v| v["name"] == name),
+        "`{name}` at {dir} must come from volumeClaimTemplates, not the pod's volumes"
+    );
+    let claim = set["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no volumeClaimTemplate `{name}`"));
+    let modes: Vec<&str> = claim["spec"]["accessModes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert!(
+        !modes.is_empty()
+            && modes
+                .iter()
+                .all(|m| ["ReadWriteOnce", "ReadWriteOncePod"].contains(m)),
+        "claim `{name}`: access modes {modes:?}, want one writer"
+    );
+    let size = parse_memory(str_of(
+        &claim["spec"]["resources"]["requests"]["storage"],
+        "storage request",
+    ));
+    assert!(
+        size >= config.log.max_bytes + config.log.min_free_bytes,
+        "claim `{name}` ({size} bytes) is smaller than log.max_bytes + log.min_free_bytes"
+    );
+    // Scaling down or deleting must not delete a claim that still holds undelivered data.
+    let retention = &set["spec"]["persistentVolumeClaimRetentionPolicy"];
+    for when in ["whenScaled", "whenDeleted"] {
+        assert!(
+            retention[when].is_null() || retention[when] == "Retain",
+            "persistentVolumeClaimRetentionPolicy.{when} deletes logs"
+        );
+    }
+    assert_eq!(set["spec"]["podManagementPolicy"], "Parallel");
+    let governing = object(
+        &objects,
+        "Service",
+        str_of(&set["spec"]["serviceName"], "serviceName"),
+    );
+    assert_eq!(
+        governing["spec"]["clusterIP"], "None",
+        "serviceName must be headless"
+    );
+    assert!(selects(
+        &governing["spec"]["selector"],
+        &pod["metadata"]["labels"]
+    ));
 }
 
 // ---- Grafana provisioning --------------------------------------------------------------------
@@ -2201,6 +2463,7 @@ async fn the_shipped_pgbouncer_config_carries_a_gateway_sink() {
     config.receiver.grpc_endpoint = "127.0.0.1:0".into();
     config.receiver.http_endpoint = "127.0.0.1:0".into();
     config.telemetry.admin_endpoint = "127.0.0.1:0".into();
+    config.log.dir = crate::log_dir();
     config.exporters.clear();
     let sink = config.timescale.as_mut().unwrap();
     assert!(

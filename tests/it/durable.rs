@@ -632,3 +632,62 @@ async fn a_corrupt_tail_is_truncated_and_the_rest_delivered() {
         "4 intact records + 1 new, none twice"
     );
 }
+
+/// A dead backend with a lag limit: once it is further behind than its limit, its oldest data
+/// is dropped for it alone (counted), so the log never fills and clients are never refused;
+/// the healthy backend gets everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_past_its_lag_limit_drops_its_oldest_data_alone() {
+    let up = RecordingBackend::start().await.unwrap();
+    let dead = RecordingBackend::start().await.unwrap();
+    dead.set_hanging(true);
+    let mut config = config_for(&[("up", &up, Protocol::Grpc), ("dead", &dead, Protocol::Grpc)]);
+    config.log.segment_bytes = 64 * 1024;
+    config.log.max_bytes = 512 * 1024;
+    config.log.cursor_interval_ms = 50;
+    let dead_config = config.exporters.get_mut("dead").unwrap();
+    dead_config.timeout_ms = 200;
+    dead_config.queue.max_lag_bytes = Some(128 * 1024);
+    let gateway = start(config).await;
+    let body = Bytes::from(fixture(TRACES));
+    let requests = 2 * 512 * 1024 / body.len() as u64;
+    for _ in 0..requests {
+        grpc_export(gateway.grpc_addr(), Signal::Traces, body.clone(), &[])
+            .await
+            .expect("never refused: the lagging destination drops instead");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(up.wait_for(Signal::Traces, requests * 30, WAIT).await);
+    let admin = gateway.admin_addr();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dropped = metric(
+        admin,
+        "otelgate_log_dropped_records_total",
+        &[("destination", "dead"), ("reason", "lag_limit")],
+    )
+    .await;
+    let dropped_up = metric(
+        admin,
+        "otelgate_log_dropped_records_total",
+        &[("destination", "up")],
+    )
+    .await;
+    let lag_bytes = metric(admin, "otelgate_log_lag_bytes", &[("destination", "dead")]).await;
+    let log_bytes = metric(admin, "otelgate_log_bytes", &[]).await;
+    dead.set_hanging(false);
+    gateway.shutdown().await;
+    println!(
+        "lag limit: {requests} requests ({} bytes) accepted, none refused; the dead backend \
+         dropped {dropped} records, lag {lag_bytes} bytes (limit 131072 + one segment), log \
+         {log_bytes} bytes (max 524288); the healthy backend got all {} spans",
+        requests * body.len() as u64,
+        up.items(Signal::Traces)
+    );
+    assert!(dropped > 0.0, "nothing dropped for the lagging destination");
+    assert_eq!(dropped_up, 0.0, "the healthy destination lost data");
+    assert!(
+        lag_bytes <= (128 + 2 * 64) as f64 * 1024.0,
+        "lag {lag_bytes}"
+    );
+    assert!(log_bytes <= 512.0 * 1024.0);
+}

@@ -20,6 +20,8 @@ pub struct Tracker {
     inner: Mutex<Inner>,
     /// After a forced shutdown, abandoned deliveries must not count as finished.
     frozen: AtomicBool,
+    /// Past this lag (bytes), the destination's oldest data is dropped for it alone.
+    max_lag_bytes: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -29,19 +31,28 @@ struct Inner {
     /// The reader's position: every record before it was handed out or skipped.
     next: Position,
     saved: Option<Position>,
+    /// Records before this sequence number were dropped for this destination: deliveries of
+    /// them still in flight no longer hold the cursor back.
+    floor: u64,
 }
 
 impl Tracker {
-    pub fn new(name: &str, start: Position) -> Self {
+    pub fn new(name: &str, start: Position, max_lag_bytes: Option<u64>) -> Self {
         Tracker {
             name: name.into(),
             inner: Mutex::new(Inner {
                 outstanding: BTreeMap::new(),
                 next: start,
                 saved: None,
+                floor: 0,
             }),
             frozen: AtomicBool::new(false),
+            max_lag_bytes,
         }
+    }
+
+    pub fn max_lag_bytes(&self) -> Option<u64> {
+        self.max_lag_bytes
     }
 
     pub fn name(&self) -> Arc<str> {
@@ -60,10 +71,12 @@ impl Tracker {
     /// The record at `at` (ending at `end`) is handed to the destination.
     pub fn hold(self: &Arc<Self>, at: Position, end: Position, received_unix_nanos: i64) -> Done {
         let mut inner = self.lock();
-        inner
-            .outstanding
-            .insert(at.seq, (at.offset, received_unix_nanos));
-        inner.next = end;
+        if at.seq >= inner.floor {
+            inner
+                .outstanding
+                .insert(at.seq, (at.offset, received_unix_nanos));
+        }
+        inner.next = inner.next.max(end);
         Done {
             tracker: self.clone(),
             seq: at.seq,
@@ -73,7 +86,23 @@ impl Tracker {
     /// The reader moved to `to` without handing anything out (a signal this destination does
     /// not take, or data dropped for it).
     pub fn skip_to(&self, to: Position) {
-        self.lock().next = to;
+        let mut inner = self.lock();
+        inner.next = inner.next.max(to);
+    }
+
+    /// Drops every record before `to` for this destination: unread ones are skipped and ones
+    /// handed out but not finished stop holding the cursor. Returns how many records that was.
+    pub fn abandon_before(&self, to: Position) -> u64 {
+        let mut inner = self.lock();
+        if to.seq <= inner.floor {
+            return 0;
+        }
+        let kept = inner.outstanding.split_off(&to.seq);
+        let abandoned = std::mem::replace(&mut inner.outstanding, kept).len() as u64;
+        let unread = to.seq.saturating_sub(inner.next.seq);
+        inner.next = inner.next.max(to);
+        inner.floor = to.seq;
+        abandoned + unread
     }
 
     /// Everything before the returned position is finished; with the received time of the
@@ -170,7 +199,7 @@ mod tests {
 
     #[test]
     fn cursor_is_the_first_unfinished_record() {
-        let tracker = Arc::new(Tracker::new("t", pos(0)));
+        let tracker = Arc::new(Tracker::new("t", pos(0), None));
         let a = tracker.hold(pos(0), pos(1), 0);
         tracker.skip_to(pos(2));
         let c = tracker.hold(pos(2), pos(3), 0);
@@ -183,11 +212,25 @@ mod tests {
 
     #[test]
     fn frozen_tracker_keeps_abandoned_records() {
-        let tracker = Arc::new(Tracker::new("t", pos(5)));
+        let tracker = Arc::new(Tracker::new("t", pos(5), None));
         let a = tracker.hold(pos(5), pos(6), 0);
         tracker.freeze();
         drop(a);
         assert_eq!(tracker.cursor().0, pos(5));
+    }
+
+    #[test]
+    fn abandoning_releases_stuck_records_and_skips_unread_ones() {
+        let tracker = Arc::new(Tracker::new("t", pos(0), Some(1)));
+        let stuck = tracker.hold(pos(0), pos(1), 0);
+        let _also = tracker.hold(pos(1), pos(2), 0);
+        assert_eq!(tracker.abandon_before(pos(4)), 2 + 2);
+        assert_eq!(tracker.cursor().0, pos(4));
+        assert_eq!(tracker.abandon_before(pos(3)), 0, "counted once");
+        drop(stuck);
+        // A stale record handed out after the drop neither holds the cursor nor rewinds it.
+        let _stale = tracker.hold(pos(2), pos(3), 0);
+        assert_eq!(tracker.cursor().0, pos(4));
     }
 
     #[test]

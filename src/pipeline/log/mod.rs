@@ -529,7 +529,7 @@ impl Log {
                 oldest
             }
         };
-        let tracker = Arc::new(Tracker::new(name, start));
+        let tracker = Arc::new(Tracker::new(name, start, max_lag_bytes));
         // Saved now, so a crash before the first periodic save cannot make this destination
         // look new and skip what it has not read.
         cursor::save(&path, start)
@@ -552,7 +552,6 @@ impl Log {
             tracker,
             signals,
             queue,
-            max_lag_bytes,
             self.head.clone(),
             self.opened_at.seq,
             window_bytes,
@@ -601,8 +600,10 @@ impl Log {
     pub fn maintain(&self) {
         let trackers = self.shared.trackers.lock().expect("trackers lock").clone();
         let head = self.head();
+        let oldest = self.shared.oldest().map(|(at, _)| at);
         let mut min = head;
         for tracker in &trackers {
+            self.enforce_limits(tracker, head, oldest);
             let (cursor, oldest_received) = tracker.cursor();
             min = min.min(cursor);
             if tracker.needs_save(cursor) {
@@ -630,6 +631,31 @@ impl Log {
         }
         self.delete_segments_before(min.seq);
         self.update_gauges();
+    }
+
+    /// Drops, for this destination alone, what it can no longer get: records of segments
+    /// deleted under `when_full = "drop_oldest"`, and its oldest data past its lag limit,
+    /// including records it holds but cannot deliver (a dead backend), so its cursor moves
+    /// on and the log's segments can be deleted.
+    fn enforce_limits(&self, tracker: &Tracker, head: Position, oldest: Option<Position>) {
+        let cursor = tracker.cursor().0;
+        let mut target = None;
+        if let Some(oldest) = oldest.filter(|o| cursor.seq < o.seq) {
+            target = Some((oldest, "log_full"));
+        }
+        if let Some(limit) = tracker.max_lag_bytes() {
+            let from = target.map_or(cursor, |(t, _)| t);
+            if head.offset.saturating_sub(from.offset) > limit {
+                if let Some(to) = self.shared.segment_from(head.offset - limit) {
+                    if to.seq > from.seq {
+                        target = Some((to, "lag_limit"));
+                    }
+                }
+            }
+        }
+        if let Some((to, reason)) = target {
+            dropped(tracker, to, reason);
+        }
     }
 
     fn delete_segments_before(&self, seq: u64) {
@@ -733,6 +759,16 @@ impl Log {
                 )
             })
             .collect()
+    }
+}
+
+/// Drops records before `to` for `tracker`'s destination, counting and logging them.
+pub(super) fn dropped(tracker: &Tracker, to: Position, reason: &'static str) {
+    let records = tracker.abandon_before(to);
+    if records > 0 {
+        metrics::counter!(telemetry::LOG_DROPPED_RECORDS, "destination" => tracker.name().to_string(), "reason" => reason)
+            .increment(records);
+        tracing::warn!(destination = %tracker.name(), records, reason, "Dropping log records this destination has not finished.");
     }
 }
 

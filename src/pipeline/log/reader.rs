@@ -39,7 +39,6 @@ pub struct Reader {
     tracker: Arc<Tracker>,
     signals: [bool; 3],
     queue: QueueSender,
-    max_lag_bytes: Option<u64>,
     head: watch::Receiver<Position>,
     replay_until: u64,
     disk: Option<DiskCursor>,
@@ -49,13 +48,11 @@ pub struct Reader {
 }
 
 impl Reader {
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         shared: Arc<Shared>,
         tracker: Arc<Tracker>,
         signals: &[Signal],
         queue: QueueSender,
-        max_lag_bytes: Option<u64>,
         head: watch::Receiver<Position>,
         replay_until: u64,
         window_bytes: u64,
@@ -70,7 +67,6 @@ impl Reader {
             tracker,
             signals: mask,
             queue,
-            max_lag_bytes,
             head,
             replay_until,
             disk: None,
@@ -105,7 +101,10 @@ impl Reader {
                 }
                 continue;
             }
-            if self.skip_lost(next, head) {
+            // Segments deleted under `when_full = "drop_oldest"`: move on to what is left.
+            if let Some((oldest, _)) = self.shared.oldest().filter(|(o, _)| next.seq < o.seq) {
+                super::dropped(&self.tracker, oldest, "log_full");
+                self.disk = None;
                 continue;
             }
             let items = {
@@ -152,33 +151,6 @@ impl Reader {
                 }
             }
         }
-    }
-
-    /// Moves past data this destination can no longer get: segments deleted under
-    /// `drop_oldest`, or older than its lag limit. Returns true if it moved.
-    fn skip_lost(&mut self, next: Position, head: Position) -> bool {
-        let mut target = None;
-        let mut reason = "";
-        if let Some((oldest, _)) = self.shared.oldest() {
-            if next.seq < oldest.seq {
-                target = Some(oldest);
-                reason = "log_full";
-            }
-        }
-        if let Some(limit) = self.max_lag_bytes {
-            let from = target.unwrap_or(next);
-            if head.offset.saturating_sub(from.offset) > limit {
-                if let Some(to) = self.shared.segment_from(head.offset - limit) {
-                    if to.seq > from.seq {
-                        target = Some(to);
-                        reason = "lag_limit";
-                    }
-                }
-            }
-        }
-        let Some(to) = target else { return false };
-        self.drop_until(next, to, reason);
-        true
     }
 
     fn drop_until(&mut self, next: Position, to: Position, reason: &'static str) {
