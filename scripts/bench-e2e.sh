@@ -10,11 +10,15 @@
 #
 #  4. memory under overload: peak RSS of a gateway with a 64 MiB budget under more load than
 #     PostgreSQL can take, and the throttling answers it gave instead of growing.
+#  5. the cost of durability: the same loads with the durable log on (the default: ack after
+#     fsync) and off (memory-only queues), for rows (1b/1c) and for OTLP forwarding.
 # Knobs: BENCH_SECONDS (max-rate runs, default 60), BENCH_LATENCY_SECONDS (fixed-rate and
 # forwarding runs, default 30), BENCH_RATES (frames/s; default "3850 38500", about 10,000 and 100,000 rows/s), BENCH_LONG_SECONDS (the
 # original goal, 1,000 frames/s, default 300; 0 skips it), BENCH_OVERLOAD_SECONDS (default 60),
 # BENCH_SKIP_ROTEL=1, ROTEL (path of rotel-agent; default: installed from PyPI into
-# target/bench-venv).
+# target/bench-venv), BENCH_SECTIONS (default "1 2 3 4 5"; 2 and 4 need 1's gateway config).
+# The durable log of each gateway lives in the temporary work directory, on the file system
+# of $TMPDIR (default /tmp): that is the disk being measured.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,8 +27,11 @@ LAT_SECS=${BENCH_LATENCY_SECONDS:-30}
 RATES=${BENCH_RATES:-"3850 38500"}
 LONG_SECS=${BENCH_LONG_SECONDS:-300}
 OVERLOAD_SECS=${BENCH_OVERLOAD_SECONDS:-60}
+SECTIONS=${BENCH_SECTIONS:-"1 2 3 4 5"}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 OUT=${OUT:-target/bench-e2e}
 BIN=target/release/otelgate
+rm -rf "$OUT"
 mkdir -p "$OUT"
 cargo build --release -q
 
@@ -63,31 +70,55 @@ rows_since() { # timestamp -> "rows seconds"
          SELECT count(*) || ' ' || coalesce(extract(epoch FROM max(ingested_at) - '$1'::timestamptz), 0) FROM r"
 }
 
-log "1a. raw binary COPY ceiling: ${SECS}s, 2 connections, 10000 rows per COPY"
-$BIN testbed copy --database-url "$PG_URL" --seconds "$SECS" --connections 2 --batch 100 --rows-per-copy 10000 >"$OUT/copy.json"
-COPY_RPS=$(json "$OUT/copy.json" "round(d['rows_per_second'])")
-
-log "1b. the same rows through the gateway: ${SECS}s closed-loop OTLP/gRPC load"
-cat >"$work/gateway.toml" <<TOML
+gateway_toml() { # name log(on|off) -> writes $work/<name>.toml for the row benchmarks
+    local log_section
+    if [ "$2" = on ]; then log_section="dir = \"$work/log-$1\""; else log_section="enabled = false"; fi
+    cat >"$work/$1.toml" <<TOML
 [receiver]
 grpc_endpoint = "127.0.0.1:24317"
 http_endpoint = "127.0.0.1:24318"
 [telemetry]
 admin_endpoint = "127.0.0.1:23133"
 log_level = "warn"
+[log]
+$log_section
 [timescale]
 url = "$PG_URL"
 pool_size = 2
 max_rows = 10000
 TOML
+}
+gateway_toml gateway on
+gateway_toml gateway-memory off
+
+max_rate_rows() { # config name -> "rows/s" (and writes $OUT/<name>-max.json)
+    $BIN run --config "$work/$1.toml" 2>"$work/$1.log" &
+    local gw=$!; pids+=($gw)
+    wait_for http://127.0.0.1:23133/readyz 30
+    local start rows secs
+    start=$(sql "SELECT clock_timestamp()")
+    $BIN load --endpoint http://127.0.0.1:24317 -c 4 -b 100 --duration "$SECS" --database-url "$PG_URL" --json >"$OUT/$1-max.json"
+    read -r rows secs <<<"$(rows_since "$start")"
+    kill "$gw"; wait "$gw" 2>/dev/null || true
+    python3 -c "print(round($rows / max($secs, 1e-9)))"
+}
+
+COPY_RPS=0 GW_RPS=0 MEM_RPS=0
+if want 1; then
+log "1a. raw binary COPY ceiling: ${SECS}s, 2 connections, 10000 rows per COPY"
+$BIN testbed copy --database-url "$PG_URL" --seconds "$SECS" --connections 2 --batch 100 --rows-per-copy 10000 >"$OUT/copy.json"
+COPY_RPS=$(json "$OUT/copy.json" "round(d['rows_per_second'])")
+
+log "1b. the same rows through the gateway, durable log on: ${SECS}s closed-loop OTLP/gRPC load"
+GW_RPS=$(max_rate_rows gateway)
+log "1c. the same with the durable log off (memory-only queues)"
+MEM_RPS=$(max_rate_rows gateway-memory)
+fi
+
+if want 2; then
 $BIN run --config "$work/gateway.toml" 2>"$work/gateway.log" &
 GW=$!; pids+=($GW)
 wait_for http://127.0.0.1:23133/readyz 30
-start=$(sql "SELECT clock_timestamp()")
-$BIN load --endpoint http://127.0.0.1:24317 -c 4 -b 100 --duration "$SECS" --database-url "$PG_URL" --json >"$OUT/gateway-max.json"
-read -r GW_ROWS GW_SECS <<<"$(rows_since "$start")"
-GW_RPS=$(python3 -c "print(round($GW_ROWS / max($GW_SECS, 1e-9)))")
-
 for rate in $RATES; do
     log "2. fixed rate $rate frames/s for ${LAT_SECS}s"
     $BIN load --endpoint http://127.0.0.1:24317 -c 4 -b 50 --rate "$rate" --duration "$LAT_SECS" --database-url "$PG_URL" --json >"$OUT/gateway-rate-$rate.json"
@@ -97,7 +128,9 @@ if [ "$LONG_SECS" -gt 0 ]; then
     $BIN load --endpoint http://127.0.0.1:24317 -c 2 -b 10 --rate 1000 --duration "$LONG_SECS" --database-url "$PG_URL" --json >"$OUT/gateway-long-1000.json"
 fi
 kill "$GW"; wait "$GW" 2>/dev/null || true
+fi
 
+if want 3 || want 5; then
 log "3. OTLP forwarding: counting backend on 127.0.0.1:25317"
 $BIN testbed backend --listen 127.0.0.1:25317 >/dev/null &
 pids+=($!)
@@ -130,26 +163,42 @@ print(json.dumps({"collector": name, "load": mode, "spans_acknowledged": acked, 
 PY
 }
 
-cat >"$work/forward.toml" <<TOML
+forward_toml() { # name log(on|off)
+    local log_section
+    if [ "$2" = on ]; then log_section="dir = \"$work/log-$1\""; else log_section="enabled = false"; fi
+    cat >"$work/$1.toml" <<TOML
 [receiver]
 grpc_endpoint = "127.0.0.1:24317"
 http_endpoint = "127.0.0.1:24318"
 [telemetry]
 admin_endpoint = "127.0.0.1:23133"
 log_level = "warn"
+[log]
+$log_section
 [exporters.down]
 endpoint = "http://127.0.0.1:25317"
 compression = "none"
 TOML
-$BIN run --config "$work/forward.toml" 2>"$work/forward.log" &
-GW=$!; pids+=($GW)
-wait_for http://127.0.0.1:23133/readyz 30
+}
+forward_with() { # collector-name config-name
+    $BIN run --config "$work/$2.toml" 2>"$work/$2.log" &
+    local gw=$!; pids+=($gw)
+    wait_for http://127.0.0.1:23133/readyz 30
+    forward_run "$1" "$gw" http://127.0.0.1:24317 max
+    forward_run "$1" "$gw" http://127.0.0.1:24317 20000
+    kill "$gw"; wait "$gw" 2>/dev/null || true
+}
+forward_toml forward on
+forward_toml forward-memory off
 : >"$OUT/forwarding.jsonl"
-forward_run otelgate "$GW" http://127.0.0.1:24317 max >>"$OUT/forwarding.jsonl"
-forward_run otelgate "$GW" http://127.0.0.1:24317 20000 >>"$OUT/forwarding.jsonl"
-kill "$GW"; wait "$GW" 2>/dev/null || true
+forward_with otelgate forward >>"$OUT/forwarding.jsonl"
+if want 5; then
+    log "5. the same forwarding with the durable log off"
+    forward_with otelgate-memory forward-memory >>"$OUT/forwarding.jsonl"
+fi
+fi
 
-if [ "${BENCH_SKIP_ROTEL:-0}" != 1 ]; then
+if want 3 && [ "${BENCH_SKIP_ROTEL:-0}" != 1 ]; then
     ROTEL=${ROTEL:-}
     if [ -z "$ROTEL" ]; then
         if [ ! -x target/bench-venv/bin/python ]; then
@@ -169,6 +218,7 @@ if [ "${BENCH_SKIP_ROTEL:-0}" != 1 ]; then
     kill "$RT"; wait "$RT" 2>/dev/null || true
 fi
 
+if want 4; then
 log "4. memory under overload: 64 MiB budget, 32 connections, ${OVERLOAD_SECS}s"
 sed -e 's/^\[timescale\]/[pipeline]\nmemory_budget_bytes = 67108864\n[timescale]/' "$work/gateway.toml" >"$work/overload.toml"
 $BIN run --config "$work/overload.toml" 2>"$work/overload.log" &
@@ -177,18 +227,24 @@ wait_for http://127.0.0.1:23133/readyz 30
 $BIN load --endpoint http://127.0.0.1:24317 -c 32 -b 100 --duration "$OVERLOAD_SECS" --json >"$OUT/overload.json"
 grep -E 'VmHWM|VmRSS' "/proc/$GW/status" | tr -s ' ' >"$OUT/overload-rss.txt"
 kill "$GW"; wait "$GW" 2>/dev/null || true
+fi
 
-python3 - "$OUT" "$COPY_RPS" "$GW_RPS" "$RATES" "$TSDB" <<'PY'
+python3 - "$OUT" "$COPY_RPS" "$GW_RPS" "$MEM_RPS" "$RATES" "$TSDB" <<'PY'
 import json, sys, os
-out, copy_rps, gw_rps, rates, tsdb = sys.argv[1:]
-copy_rps, gw_rps = int(copy_rps), int(gw_rps)
-print(f"\nRows into PostgreSQL ({tsdb or 'TimescaleDB: ?'})")
-print(f"  raw binary COPY ceiling   {copy_rps:>9} rows/s")
-print(f"  through the gateway       {gw_rps:>9} rows/s   ratio {gw_rps / copy_rps:.2f}")
-m = json.load(open(f"{out}/gateway-max.json"))
-db = m.get("database") or {}
-print(f"  max-rate run: {m['items_acknowledged']} frames acknowledged, {db.get('frame_rows_found')} frame rows found, commit p99 {db.get('receive_to_commit_ms', {}).get('p99', 0):.1f} ms")
-print("\nReceive-to-commit latency at fixed rates (frames/s; rows/s is 2.6x: 1.5 detections and 0.1 LLM spans per frame on average)")
+out, copy_rps, gw_rps, mem_rps, rates, tsdb = sys.argv[1:]
+copy_rps, gw_rps, mem_rps = int(copy_rps), int(gw_rps), int(mem_rps)
+if copy_rps:
+    print(f"\nRows into PostgreSQL ({tsdb or 'TimescaleDB: ?'})")
+    print(f"  raw binary COPY ceiling          {copy_rps:>9} rows/s")
+    for name, label, rps in (("gateway", "gateway, durable log on", gw_rps), ("gateway-memory", "gateway, durable log off", mem_rps)):
+        m = json.load(open(f"{out}/{name}-max.json"))
+        db = m.get("database") or {}
+        print(f"  {label:<31}{rps:>9} rows/s   ratio {rps / copy_rps:.2f}   ack p99 {m['ack_latency_ms']['p99']:.1f} ms, "
+              f"{m['items_acknowledged']} frames acknowledged, {db.get('frame_rows_found')} found, commit p99 {db.get('receive_to_commit_ms', {}).get('p99', 0):.1f} ms")
+if not os.path.exists(f"{out}/gateway-rate-{rates.split()[0]}.json"):
+    rates = ""
+if rates:
+    print("\nReceive-to-commit latency at fixed rates (frames/s; rows/s is 2.6x: 1.5 detections and 0.1 LLM spans per frame on average)")
 for rate in rates.split():
     r = json.load(open(f"{out}/gateway-rate-{rate}.json"))
     c = r["database"]["receive_to_commit_ms"]
@@ -199,13 +255,15 @@ if os.path.exists(f"{out}/gateway-long-1000.json"):
     c = r["database"]["receive_to_commit_ms"]
     print(f"     1000 frames/s for {r['seconds']:.0f} s: achieved {r['items_per_second_acknowledged']:.0f}/s, refusals {sum(r['refusals'].values())}, "
           f"rows {r['database']['frame_rows_found']}/{r['database']['frames_acknowledged']}, commit p50 {c['p50']:.1f} p99 {c['p99']:.1f} max {c['max']:.1f} ms")
-print("\nOTLP forwarding (spans delivered to the same backend; CPU of the forwarding process)")
-for line in open(f"{out}/forwarding.jsonl"):
+if os.path.exists(f"{out}/forwarding.jsonl"):
+    print("\nOTLP forwarding (spans delivered to the same backend; CPU of the forwarding process; otelgate-memory: durable log off)")
+for line in open(f"{out}/forwarding.jsonl") if os.path.exists(f"{out}/forwarding.jsonl") else []:
     f = json.loads(line)
     print(f"  {f['collector']:<9} {f['load']:>6}: delivered {f['delivered_per_second']:>7} spans/s ({f['spans_delivered']}/{f['spans_acknowledged']} acked), "
           f"{f['cpu_seconds_per_million_spans']:.2f} CPU s per million spans, ack p99 {f['ack_p99_ms']:.1f} ms")
-o = json.load(open(f"{out}/overload.json"))
-rss = open(f"{out}/overload-rss.txt").read().split()
-print(f"\nOverload with a 64 MiB budget: offered {o['items_per_second_offered']:.0f} frames/s, acknowledged {o['items_per_second_acknowledged']:.0f}/s, "
+if os.path.exists(f"{out}/overload.json"):
+    o = json.load(open(f"{out}/overload.json"))
+    rss = open(f"{out}/overload-rss.txt").read().split()
+    print(f"\nOverload with a 64 MiB budget: offered {o['items_per_second_offered']:.0f} frames/s, acknowledged {o['items_per_second_acknowledged']:.0f}/s, "
       f"refusals {o['refusals']}, gateway {' '.join(rss)}")
 PY

@@ -183,7 +183,12 @@ pub fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut file = File::create(&tmp)?;
     file.write_all(data)?;
     file.sync_data()?;
-    fs::rename(&tmp, path)
+    fs::rename(&tmp, path)?;
+    // The rename itself must reach the disk, or a power loss could bring the old file back.
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
