@@ -21,6 +21,7 @@
 mod cursor;
 mod reader;
 pub mod segment;
+mod writer;
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -41,7 +42,7 @@ use super::{Payload, QueueConfig, QueueSender};
 use crate::config::ConfigError;
 use crate::telemetry;
 use crate::Signal;
-use segment::{Record, SEGMENT_HEADER};
+use segment::SEGMENT_HEADER;
 
 /// A place in the log: the sequence number of a record and its log-wide byte offset.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -456,13 +457,13 @@ impl Log {
         });
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(4096);
-        let writer = Writer {
+        let writer = writer::Writer {
             shared: shared.clone(),
             file: active,
             next: head,
             rx,
             head: head_tx,
-            free: FreeSpace::default(),
+            free: writer::FreeSpace::default(),
             failed: None,
         };
         let writer = std::thread::Builder::new()
@@ -828,248 +829,113 @@ fn instant_of(unix_nanos: i64) -> std::time::Instant {
         .unwrap_or_else(std::time::Instant::now)
 }
 
-/// Free space on the log's file system, measured at most every 100 ms.
-#[derive(Default)]
-struct FreeSpace {
-    measured: Option<(std::time::Instant, u64)>,
-    written_since: u64,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{queue, MemoryBudget};
 
-impl FreeSpace {
-    fn available(&mut self, dir: &Path) -> io::Result<u64> {
-        let stale = self
-            .measured
-            .is_none_or(|(at, _)| at.elapsed() > Duration::from_millis(100));
-        if stale {
-            let stat = rustix::fs::statvfs(dir)?;
-            self.measured = Some((
-                std::time::Instant::now(),
-                stat.f_bavail.saturating_mul(stat.f_frsize),
-            ));
-            self.written_since = 0;
-        }
-        Ok(self
-            .measured
-            .map_or(0, |(_, free)| free.saturating_sub(self.written_since)))
-    }
-}
-
-/// The writer thread's state.
-struct Writer {
-    shared: Arc<Shared>,
-    file: File,
-    /// Where the next record goes (everything before it is written and synced).
-    next: Position,
-    rx: mpsc::Receiver<Append>,
-    head: watch::Sender<Position>,
-    free: FreeSpace,
-    /// Set after a write or sync failed: the log refuses everything until restarted.
-    failed: Option<String>,
-}
-
-/// Most request bytes written in one group.
-const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
-
-/// A record written but not yet synced, with who waits for it.
-struct Written {
-    at: Position,
-    end: Position,
-    payload: Arc<Payload>,
-    reply: oneshot::Sender<Result<Position, AppendError>>,
-}
-
-impl Writer {
-    fn run(mut self) {
-        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
-        let mut unsynced: Vec<Written> = Vec::new();
-        while let Some(first) = self.rx.blocking_recv() {
-            let mut group = vec![first];
-            let mut bytes = group[0].payload.body.len();
-            while bytes < MAX_GROUP_BYTES {
-                match self.rx.try_recv() {
-                    Ok(next) => {
-                        bytes += next.payload.body.len();
-                        group.push(next);
-                    }
-                    Err(_) => break,
-                }
-            }
-            let group_size = group.len();
-            for append in group {
-                if let Some(why) = &self.failed {
-                    let _ = append.reply.send(Err(AppendError::Io(why.clone())));
-                    continue;
-                }
-                let len = Record::encoded_len(append.payload.body.len());
-                if let Err(error) = self.admit(len, &mut buf, &mut unsynced) {
-                    let reason = match error {
-                        AppendError::Full(_) => "log_full",
-                        AppendError::DiskFloor(_) => "disk_floor",
-                        _ => "io",
-                    };
-                    metrics::counter!(telemetry::LOG_REFUSED_REQUESTS, "reason" => reason)
-                        .increment(1);
-                    let _ = append.reply.send(Err(error));
-                    continue;
-                }
-                let at = self.next;
-                let payload = append.payload;
-                segment::encode(
-                    &mut buf,
-                    at.seq,
-                    unix_nanos_of(payload.received),
-                    payload.items,
-                    payload.signal,
-                    &payload.body,
-                );
-                self.next = Position {
-                    seq: at.seq + 1,
-                    offset: at.offset + len,
-                };
-                unsynced.push(Written {
-                    at,
-                    end: self.next,
-                    payload,
-                    reply: append.reply,
-                });
-            }
-            metrics::histogram!(telemetry::LOG_GROUP_REQUESTS).record(group_size as f64);
-            self.flush(&mut buf, &mut unsynced);
+    fn config(dir: &Path) -> LogConfig {
+        LogConfig {
+            dir: dir.to_owned(),
+            segment_bytes: 4096,
+            max_bytes: 1 << 20,
+            min_free_bytes: 0,
+            ..LogConfig::default()
         }
     }
 
-    /// Makes room for a record of `len` bytes: checks the disk floor and the size limit, and
-    /// starts a new segment when the active one is full.
-    fn admit(
-        &mut self,
-        len: u64,
-        buf: &mut Vec<u8>,
-        unsynced: &mut Vec<Written>,
-    ) -> Result<(), AppendError> {
-        let config = &self.shared.config;
-        let free = self
-            .free
-            .available(&self.shared.log_dir)
-            .map_err(|e| AppendError::Io(format!("cannot measure free disk space: {e}")))?;
-        if free < config.min_free_bytes.saturating_add(len) {
-            return Err(AppendError::DiskFloor(config.min_free_bytes));
+    async fn append_all(log: &Log, count: usize) {
+        let appender = log.take_appender().unwrap();
+        let budget = MemoryBudget::new(1 << 20);
+        for i in 0..count {
+            let body = bytes::Bytes::from(vec![i as u8; 1000]);
+            let permit = budget.try_admit(body.len()).unwrap();
+            let payload = Arc::new(Payload::new(Signal::Logs, body, 1, permit));
+            appender.append(payload).await.unwrap();
         }
-        loop {
-            let bytes = self.shared.state.lock().expect("log state lock").bytes;
-            if bytes + buf.len() as u64 + len <= config.max_bytes {
-                break;
-            }
-            if config.when_full == WhenLogFull::Refuse || !self.drop_oldest() {
-                return Err(AppendError::Full(config.max_bytes));
-            }
-        }
-        let active_len = self
-            .shared
-            .state
-            .lock()
-            .expect("log state lock")
-            .segments
-            .back()
-            .map_or(SEGMENT_HEADER, |s| s.len);
-        let used = active_len + buf.len() as u64;
-        if used > SEGMENT_HEADER && used + len > config.segment_bytes {
-            self.flush(buf, unsynced);
-            if self.failed.is_some() {
-                return Err(AppendError::Io(self.failed.clone().unwrap_or_default()));
-            }
-            match create_segment(&self.shared.log_dir, self.next) {
-                Ok((file, meta)) => {
-                    self.file = file;
-                    let mut state = self.shared.state.lock().expect("log state lock");
-                    state.bytes += meta.len;
-                    state.segments.push_back(meta);
-                }
-                Err(error) => {
-                    return Err(self.fail(format!("cannot start a new segment: {error}")));
-                }
-            }
-        }
-        self.free.written_since += len;
-        Ok(())
+        drop(appender);
+        log.join_writer().await;
     }
 
-    /// Deletes the oldest segment under `when_full = "drop_oldest"`; false if only the
-    /// active one is left.
-    fn drop_oldest(&self) -> bool {
-        let segment = {
-            let mut state = self.shared.state.lock().expect("log state lock");
-            if state.segments.len() < 2 {
-                return false;
-            }
-            let segment = state.segments.pop_front().expect("len >= 2");
-            state.bytes -= segment.len;
-            segment
-        };
-        tracing::warn!(path = %segment.path.display(), "The log is full; deleting its oldest segment (log.when_full = \"drop_oldest\").");
-        if let Err(error) = fs::remove_file(&segment.path) {
-            tracing::warn!(path = %segment.path.display(), %error, "Cannot delete a log segment.");
+    /// Reads everything a new destination `name` gets from the log, starting at its cursor.
+    async fn read_all(log: &Log, name: &str) -> Vec<u8> {
+        let (tx, mut rx) = queue(name, 1024);
+        let reader = log
+            .reader(name, &[Signal::Logs], tx, None, 1 << 20)
+            .unwrap();
+        let task = tokio::spawn(reader.run(CancellationToken::new()));
+        let mut firsts = Vec::new();
+        while let Some(delivery) = rx.recv().await {
+            firsts.push(delivery.body[0]);
         }
-        true
+        task.await.unwrap();
+        firsts
     }
 
-    fn fail(&mut self, why: String) -> AppendError {
-        tracing::error!(error = %why, "The durable log failed; refusing new requests until restart.");
-        self.failed = Some(why.clone());
-        *self.shared.failed.lock().expect("failed lock") = Some(why.clone());
-        AppendError::Io(why)
+    #[tokio::test]
+    async fn a_corrupt_record_in_an_older_segment_skips_only_the_rest_of_that_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = Log::open(&config(dir.path())).unwrap();
+            // A saved cursor at the start, so the reopened log replays everything to it.
+            cursor::save(&dir.path().join("cursors/dest"), Position::default()).unwrap();
+            append_all(&log, 12).await;
+        }
+        let mut segments: Vec<_> = fs::read_dir(dir.path().join("log"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        segments.sort();
+        assert!(segments.len() >= 3, "{segments:?}");
+        // Damage the second record of the first segment (3 records of 1033 bytes each).
+        let mut data = fs::read(&segments[0]).unwrap();
+        let second = SEGMENT_HEADER as usize + 1033 + 100;
+        data[second] ^= 0xff;
+        fs::write(&segments[0], data).unwrap();
+
+        let log = Log::open(&config(dir.path())).unwrap();
+        assert_eq!(
+            log.head().seq,
+            12,
+            "older segments are not scanned at start-up"
+        );
+        drop(log.take_appender());
+        let read = read_all(&log, "dest").await;
+        // Record 0 is intact; 1 and 2 share the damaged segment and are skipped; 3.. follow.
+        assert_eq!(read, vec![0, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     }
 
-    /// Writes and syncs what is buffered, then publishes it and answers its clients.
-    fn flush(&mut self, buf: &mut Vec<u8>, unsynced: &mut Vec<Written>) {
-        if unsynced.is_empty() {
-            return;
-        }
-        let started = std::time::Instant::now();
-        let result = self
-            .file
-            .write_all(buf)
-            .and_then(|()| self.file.sync_data());
-        metrics::histogram!(telemetry::LOG_SYNC_SECONDS).record(started.elapsed().as_secs_f64());
-        let written = buf.len() as u64;
-        buf.clear();
-        if let Err(error) = result {
-            let error = self.fail(format!("write or sync failed: {error}"));
-            for w in unsynced.drain(..) {
-                let _ = w.reply.send(Err(error.clone()));
-            }
-            return;
+    #[tokio::test]
+    async fn a_new_destination_starts_at_the_head_and_a_restart_resumes_each_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = Log::open(&config(dir.path())).unwrap();
+            append_all(&log, 2).await;
         }
         {
-            let mut state = self.shared.state.lock().expect("log state lock");
-            state.bytes += written;
-            let active = state.segments.back_mut().expect("an active segment");
-            active.len += written;
-            if active.first_received.is_none() {
-                active.first_received = unsynced.first().map(|w| unix_nanos_of(w.payload.received));
+            // `late` is new: it starts at the head and gets nothing of the first two.
+            let log = Log::open(&config(dir.path())).unwrap();
+            let (tx, mut rx) = queue("late", 1024);
+            let reader = log
+                .reader("late", &[Signal::Logs], tx, None, 1 << 20)
+                .unwrap();
+            let task = tokio::spawn(reader.run(CancellationToken::new()));
+            append_all(&log, 3).await;
+            let mut firsts = Vec::new();
+            while let Some(delivery) = rx.recv().await {
+                firsts.push(delivery.body[0]);
             }
+            task.await.unwrap();
+            assert_eq!(firsts, vec![0, 1, 2]);
+            log.maintain();
         }
-        {
-            let mut cache = self.shared.cache.lock().expect("log cache lock");
-            for w in unsynced.iter() {
-                cache.bytes += w.payload.body.len() as u64;
-                cache.entries.push_back(Cached {
-                    at: w.at,
-                    end: w.end,
-                    payload: Arc::new(w.payload.durable_copy()),
-                });
-            }
-            while cache.bytes > self.shared.config.cache_bytes {
-                let Some(old) = cache.entries.pop_front() else {
-                    break;
-                };
-                cache.bytes -= old.payload.body.len() as u64;
-            }
-        }
-        metrics::counter!(telemetry::LOG_APPENDED_RECORDS).increment(unsynced.len() as u64);
-        metrics::counter!(telemetry::LOG_APPENDED_BYTES).increment(written);
-        self.head.send_replace(self.next);
-        for w in unsynced.drain(..) {
-            let _ = w.reply.send(Ok(w.at));
-        }
+        let log = Log::open(&config(dir.path())).unwrap();
+        drop(log.take_appender());
+        assert_eq!(
+            read_all(&log, "late").await,
+            Vec::<u8>::new(),
+            "finished before"
+        );
+        assert_eq!(log.backlog(), vec![("late".to_owned(), 0)]);
     }
 }
