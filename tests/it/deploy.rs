@@ -12,6 +12,7 @@
 //! checked statically. A program that is not installed makes its test print a `SKIP` line.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -25,8 +26,8 @@ use otelgate::{Config, Gateway, Signal};
 use prost::Message;
 use serde_json::Value;
 
-use crate::timescale::{connect, gateway_with_sink, sink_config, wait_count};
-use crate::{config_for, fixture, grpc_export, start, WAIT};
+use crate::timescale::{connect, count, gateway_with_sink, sink_config, wait_count};
+use crate::{config_for, fixture, grpc_export, metric, start, WAIT};
 
 const TRACES: &str = "otlp-sdk-payloads/traces_frames_detections_genai.pb";
 const OTLP_GRPC: u16 = 4317;
@@ -1719,6 +1720,19 @@ async fn dashboard_and_alert_metrics_are_exported_after_a_load_run() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     stuck.set_hanging(false);
+    gateway.shutdown().await;
+
+    // The durable log's metrics, from gateways with the log, in the same process (the
+    // Prometheus recorder is process-wide, so /metrics shows both runs).
+    let durable = durable_log_run(&pg).await;
+    let exported = Exported {
+        series: exported.series.union(&durable.series).cloned().collect(),
+        histograms: exported
+            .histograms
+            .union(&durable.histograms)
+            .cloned()
+            .collect(),
+    };
 
     let defined = telemetry_names();
     let mut missing = Vec::new();
@@ -1765,7 +1779,202 @@ async fn dashboard_and_alert_metrics_are_exported_after_a_load_run() {
         "{} otelgate metric names used by dashboards and rules, all exported",
         used.len()
     );
+}
+
+/// Polls `name{labels}` on `admin` until `done` holds for it (or [`WAIT`] passes); returns it.
+async fn wait_metric(
+    admin: std::net::SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+    done: impl Fn(f64) -> bool,
+) -> f64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let value = metric(admin, name, labels).await;
+        if done(value) || tokio::time::Instant::now() >= deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The durable log's part of the load run, each situation its metrics describe made to happen
+/// and checked:
+///
+/// 1. a gateway with its log, the TimescaleDB sink, a healthy backend, a hanging backend that
+///    holds the log (lag) and a hanging backend past its `max_lag_bytes` (dropped records);
+/// 2. a restart on the same directory after a torn write (a cut tail) and with the sink's
+///    cursor as a crash before its next save leaves it (replayed records, replayed rows the
+///    sink skips by its ledger), with a disk floor no disk has (refused requests).
+///
+/// Write failures (`reason="io"`) are the one situation left out: the name is the same
+/// counter as the refusals above, and its alert is covered by promtool's tests.
+async fn durable_log_run(pg: &TempPostgres) -> Exported {
+    let backend = RecordingBackend::start().await.unwrap();
+    let holding = RecordingBackend::start().await.unwrap();
+    let lagging = RecordingBackend::start().await.unwrap();
+    holding.set_hanging(true);
+    lagging.set_hanging(true);
+    let mut config = config_for(&[
+        ("lgtm", &backend, Protocol::Grpc),
+        ("holding", &holding, Protocol::Grpc),
+        ("lagging", &lagging, Protocol::Grpc),
+    ]);
+    config.timescale = Some(sink_config(&pg.url()));
+    config.pipeline.shutdown_timeout_seconds = 1;
+    config.log.segment_bytes = 64 * 1024;
+    config.log.cursor_interval_ms = 50;
+    for name in ["holding", "lagging"] {
+        config.exporters.get_mut(name).unwrap().timeout_ms = 200;
+    }
+    config
+        .exporters
+        .get_mut("lagging")
+        .unwrap()
+        .queue
+        .max_lag_bytes = Some(128 * 1024);
+    let dir = config.log.dir.clone();
+    let db = connect(&pg.url()).await;
+    let frames_before = count(&db, "SELECT count(*) FROM frame_metadata").await;
+
+    let gateway = start(config.clone()).await;
+    let admin = gateway.admin_addr();
+    // The sink's cursor as saved at start, before it wrote anything.
+    let sink_cursor = dir.join("cursors").join("timescale");
+    let cursor_at_start = std::fs::read(&sink_cursor).expect("the sink's cursor file");
+    let body = Bytes::from(fixture(TRACES));
+    let requests: u64 = 24; // 24 x 14 KiB: past the lag limit, over several segments
+    for _ in 0..requests {
+        grpc_export(gateway.grpc_addr(), Signal::Traces, body.clone(), &[])
+            .await
+            .expect("the log accepts");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let frames = frames_before + 20 * requests as i64;
+    assert_eq!(
+        wait_count(&db, "SELECT count(*) FROM frame_metadata", frames).await,
+        frames
+    );
+    assert!(
+        backend.wait_for(Signal::Traces, requests * 30, WAIT).await,
+        "the healthy backend did not get every span"
+    );
+    let dropped = wait_metric(
+        admin,
+        "otelgate_log_dropped_records_total",
+        &[("destination", "lagging"), ("reason", "lag_limit")],
+        |v| v > 0.0,
+    )
+    .await;
+    let lag_records = wait_metric(
+        admin,
+        "otelgate_log_lag_records",
+        &[("destination", "holding")],
+        |v| v >= requests as f64,
+    )
+    .await;
+    let lag_age = wait_metric(
+        admin,
+        "otelgate_log_lag_age_seconds",
+        &[("destination", "holding")],
+        |v| v > 0.0,
+    )
+    .await;
+    let report = gateway.shutdown().await;
+    assert!(dropped > 0.0, "nothing dropped past the lag limit");
+    assert_eq!(lag_records, requests as f64, "lag of the holding backend");
+    assert!(lag_age > 0.0, "no lag age for the holding backend");
+    assert!(
+        report
+            .kept_in_log
+            .iter()
+            .any(|(name, records)| name == "holding" && *records == requests),
+        "the holding backend's backlog is not kept in the log: {:?}",
+        report.kept_in_log
+    );
+
+    // A write torn by a crash: part of a record after the last synced one.
+    let segment = std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .max()
+        .expect("a log segment");
+    let torn = [0xA5u8; 7];
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap()
+        .write_all(&torn)
+        .unwrap();
+    // A crash between the sink's commits and its next cursor save: every row is replayed.
+    std::fs::write(&sink_cursor, &cursor_at_start).unwrap();
+    let mut restart = config;
+    restart.log.min_free_bytes = u64::MAX / 2;
+    let gateway = start(restart).await;
+    let admin = gateway.admin_addr();
+    let truncated = metric(admin, "otelgate_log_truncated_bytes_total", &[]).await;
+    let skipped = wait_metric(
+        admin,
+        "otelgate_sink_replay_skipped_rows_total",
+        &[("table", "frame_metadata")],
+        |v| v >= 20.0 * requests as f64,
+    )
+    .await;
+    let replayed_sink = metric(
+        admin,
+        "otelgate_log_replayed_records_total",
+        &[("destination", "timescale")],
+    )
+    .await;
+    let replayed_holding = wait_metric(
+        admin,
+        "otelgate_log_replayed_records_total",
+        &[("destination", "holding")],
+        |v| v > 0.0,
+    )
+    .await;
+    let refusal = grpc_export(gateway.grpc_addr(), Signal::Traces, body.clone(), &[])
+        .await
+        .expect_err("below the disk floor");
+    let refused = metric(
+        admin,
+        "otelgate_log_refused_requests_total",
+        &[("reason", "disk_floor")],
+    )
+    .await;
+    let frames_after = count(&db, "SELECT count(*) FROM frame_metadata").await;
+    let exported = exported_series(admin).await;
     gateway.shutdown().await;
+    println!(
+        "durable log: {requests} requests; {dropped} records dropped past the lag limit; \
+         holding backend {lag_records} records behind ({lag_age:.2} s); after a torn write \
+         {truncated} bytes cut; {replayed_sink} records replayed to the sink, which skipped \
+         {skipped} frame rows; {replayed_holding} replayed to the holding backend; {refused} \
+         refused below the disk floor"
+    );
+    assert_eq!(truncated, torn.len() as f64, "the torn bytes are cut");
+    assert_eq!(
+        replayed_sink, requests as f64,
+        "the sink reads everything again"
+    );
+    assert_eq!(
+        skipped,
+        20.0 * requests as f64,
+        "every frame row is skipped"
+    );
+    assert_eq!(frames_after, frames, "replayed rows were written twice");
+    assert!(
+        replayed_holding > 0.0,
+        "nothing replayed to the holding backend"
+    );
+    assert_eq!(
+        refusal.code(),
+        tonic::Code::ResourceExhausted,
+        "{refusal:?}"
+    );
+    assert_eq!(refused, 1.0);
+    exported
 }
 
 /// What a gateway's /metrics exports.
@@ -2119,6 +2328,70 @@ async fn portable_dashboard_and_exporter_sql_runs_on_plain_postgresql() {
 }
 
 // ---- 4. promtool --------------------------------------------------------------------------------
+
+/// otelgate exports no metric of `log.max_bytes`: the log-size alert and panel compare with the
+/// recording rule `otelgate:log_max_bytes`, which must be `log.max_bytes` of every shipped
+/// config, and the alert must say which size it assumes.
+#[test]
+fn the_log_size_alert_assumes_the_shipped_log_max_bytes() {
+    let rules = yaml("compose/prometheus/rules/otelgate.rules.yml");
+    let all: Vec<&Value> = rules["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    let recorded: Vec<&&Value> = all
+        .iter()
+        .filter(|r| r["record"] == "otelgate:log_max_bytes")
+        .collect();
+    assert_eq!(
+        recorded.len(),
+        1,
+        "one recording rule otelgate:log_max_bytes"
+    );
+    let expr = str_of(&recorded[0]["expr"], "otelgate:log_max_bytes");
+    let assumed: u64 = expr
+        .trim()
+        .strip_prefix("vector(")
+        .and_then(|e| e.strip_suffix(')'))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("otelgate:log_max_bytes is `{expr}`, not vector(<bytes>)"));
+    let compose = compose_with(&filled_env()).unwrap();
+    let env = Dockerfile::load().container_env(&service_env(service(&compose, "otelgate")));
+    let compose_config = load_config(
+        &read("compose/otelgate.toml"),
+        "compose/otelgate.toml",
+        &env,
+    );
+    let kubernetes_config = kubernetes_gateway().config;
+    for (origin, config) in [
+        ("compose/otelgate.toml", &compose_config),
+        ("deploy/kubernetes/configmap.yaml", &kubernetes_config),
+    ] {
+        assert_eq!(
+            assumed, config.log.max_bytes,
+            "otelgate:log_max_bytes differs from log.max_bytes of {origin}"
+        );
+    }
+    let alert = all
+        .iter()
+        .find(|r| r["alert"] == "OtelgateLogNearlyFull")
+        .expect("alert OtelgateLogNearlyFull");
+    assert!(
+        str_of(&alert["expr"], "expr").contains("otelgate:log_max_bytes"),
+        "OtelgateLogNearlyFull does not compare with otelgate:log_max_bytes"
+    );
+    assert_eq!(assumed % (1 << 30), 0, "log.max_bytes in whole GiB");
+    let size = format!("{} GiB", assumed >> 30);
+    assert!(
+        str_of(&alert["annotations"]["description"], "description").contains(&size),
+        "OtelgateLogNearlyFull's description does not say it assumes {size}"
+    );
+    println!(
+        "otelgate:log_max_bytes = {assumed} ({size}) = log.max_bytes of compose and Kubernetes"
+    );
+}
 
 #[test]
 fn promtool_accepts_the_rules_and_the_config() {

@@ -382,6 +382,11 @@ impl Log {
             )
         })?;
         let log_id = read_or_create_id(&dir.join("log_id"))?;
+        // Counters exist from the start, so `increase()` sees their first step.
+        metrics::counter!(telemetry::LOG_TRUNCATED_BYTES).increment(0);
+        for reason in ["log_full", "disk_floor", "io"] {
+            metrics::counter!(telemetry::LOG_REFUSED_REQUESTS, "reason" => reason).increment(0);
+        }
 
         let mut names: Vec<(u64, PathBuf)> = fs::read_dir(&log_dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -531,6 +536,12 @@ impl Log {
             }
         };
         let tracker = Arc::new(Tracker::new(name, start, max_lag_bytes));
+        for reason in ["lag_limit", "log_full", "corrupt"] {
+            metrics::counter!(telemetry::LOG_DROPPED_RECORDS, "destination" => name.to_owned(), "reason" => reason)
+                .increment(0);
+        }
+        metrics::counter!(telemetry::LOG_REPLAYED_RECORDS, "destination" => name.to_owned())
+            .increment(0);
         // Saved now, so a crash before the first periodic save cannot make this destination
         // look new and skip what it has not read.
         cursor::save(&path, start)

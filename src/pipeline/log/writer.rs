@@ -87,6 +87,8 @@ impl Writer {
             let group_size = group.len();
             for append in group {
                 if let Some(why) = &self.failed {
+                    metrics::counter!(telemetry::LOG_REFUSED_REQUESTS, "reason" => "io")
+                        .increment(1);
                     let _ = append.reply.send(Err(AppendError::Io(why.clone())));
                     continue;
                 }
@@ -224,6 +226,8 @@ impl Writer {
         buf.clear();
         if let Err(error) = result {
             let error = self.fail(format!("write or sync failed: {error}"));
+            metrics::counter!(telemetry::LOG_REFUSED_REQUESTS, "reason" => "io")
+                .increment(unsynced.len() as u64);
             for w in unsynced.drain(..) {
                 let _ = w.reply.send(Err(error.clone()));
             }
