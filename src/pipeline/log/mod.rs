@@ -272,6 +272,8 @@ struct Shared {
     trackers: Mutex<Vec<Arc<Tracker>>>,
     /// Why the writer stopped accepting, after a write or sync failure.
     failed: Mutex<Option<String>>,
+    /// Read segment files kept for reuse (see `writer::recycle_segment`).
+    spares: Mutex<Vec<PathBuf>>,
 }
 
 impl Shared {
@@ -413,6 +415,10 @@ impl Log {
                     let cut = len - scan.valid_len;
                     tracing::warn!(path = %path.display(), reason = why, intact_records = scan.records, truncated_bytes = cut, "The log's tail is torn or corrupt; truncating it.");
                     metrics::counter!(telemetry::LOG_TRUNCATED_BYTES).increment(cut);
+                }
+                if len > scan.valid_len {
+                    // Also the unwritten rest of a recycled file: nothing after the last
+                    // intact record may be mistaken for data by a later scan.
                     file.set_len(scan.valid_len)?;
                     file.sync_all()?;
                 }
@@ -430,6 +436,16 @@ impl Log {
                 first_received,
             });
         }
+        // A sealed segment ends where the next begins (a recycled file may be longer).
+        for i in 1..segments.len() {
+            let next_base = segments[i].base_offset;
+            let segment = &mut segments[i - 1];
+            segment.len = SEGMENT_HEADER + next_base.saturating_sub(segment.base_offset);
+        }
+        let spares = fs::read_dir(&log_dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "spare"))
+            .collect();
         let head = segments
             .back()
             .map_or(Position::default(), |last| Position {
@@ -459,6 +475,7 @@ impl Log {
             cache: Mutex::new(Cache::default()),
             trackers: Mutex::new(Vec::new()),
             failed: Mutex::new(None),
+            spares: Mutex::new(spares),
         });
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(4096);
@@ -681,6 +698,19 @@ impl Log {
             }
         }
         for path in doomed {
+            // Keep a couple of full segments for reuse: overwriting blocks a file already
+            // has lets `fdatasync` skip the metadata update a growing file needs.
+            let full =
+                fs::metadata(&path).is_ok_and(|m| m.len() >= self.shared.config.segment_bytes / 2);
+            let mut spares = self.shared.spares.lock().expect("spares lock");
+            if full && spares.len() < MAX_SPARES {
+                let spare = path.with_extension("spare");
+                if fs::rename(&path, &spare).is_ok() {
+                    spares.push(spare);
+                    continue;
+                }
+            }
+            drop(spares);
             if let Err(error) = fs::remove_file(&path) {
                 tracing::warn!(path = %path.display(), %error, "Cannot delete a read log segment.");
             }
@@ -774,6 +804,9 @@ impl Log {
     }
 }
 
+/// Read segment files kept for reuse, at most.
+const MAX_SPARES: usize = 2;
+
 /// Drops records before `to` for `tracker`'s destination, counting and logging them.
 pub(super) fn dropped(tracker: &Tracker, to: Position, reason: &'static str) {
     let records = tracker.abandon_before(to);
@@ -797,6 +830,33 @@ fn read_or_create_id(path: &Path) -> anyhow::Result<uuid::Uuid> {
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Starts a segment at `at` in a spare file: renamed, its header rewritten, positioned
+/// after the header. Its old records stay behind the new ones until overwritten; a scan
+/// tells them apart by their sequence numbers.
+fn recycle_segment(log_dir: &Path, spare: &Path, at: Position) -> io::Result<(File, SegmentMeta)> {
+    use std::io::Seek;
+    let path = log_dir.join(segment::file_name(at.seq));
+    fs::rename(spare, &path)?;
+    let mut file = OpenOptions::new().write(true).open(&path)?;
+    file.write_all(&segment::header(at.offset))?;
+    // The first record must not be mistaken for the old one at the same place after a
+    // crash that tears it: zero the old record's prefix.
+    file.write_all(&[0u8; 8])?;
+    file.seek(io::SeekFrom::Start(SEGMENT_HEADER))?;
+    file.sync_data()?;
+    File::open(log_dir)?.sync_all()?;
+    Ok((
+        file,
+        SegmentMeta {
+            first_seq: at.seq,
+            base_offset: at.offset,
+            path,
+            len: SEGMENT_HEADER,
+            first_received: None,
+        },
+    ))
 }
 
 fn create_segment(log_dir: &Path, at: Position) -> io::Result<(File, SegmentMeta)> {
@@ -914,6 +974,74 @@ mod tests {
         let read = read_all(&log, "dest").await;
         // Record 0 is intact; 1 and 2 share the damaged segment and are skipped; 3.. follow.
         assert_eq!(read, vec![0, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    }
+
+    /// Starts destination `name`'s reader; the task returns the first byte of every body
+    /// it got, once the log is closed and read to its end.
+    fn spawn_reader(log: &Log, name: &str) -> tokio::task::JoinHandle<Vec<u8>> {
+        let (tx, mut rx) = queue(name, 1024);
+        let reader = log
+            .reader(name, &[Signal::Logs], tx, None, 1 << 20)
+            .unwrap();
+        tokio::spawn(async move {
+            let task = tokio::spawn(reader.run(CancellationToken::new()));
+            let mut firsts = Vec::new();
+            while let Some(delivery) = rx.recv().await {
+                firsts.push(delivery.body[0]);
+            }
+            task.await.unwrap();
+            firsts
+        })
+    }
+
+    fn files_with(dir: &Path, extension: &str) -> usize {
+        fs::read_dir(dir.join("log"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == extension)
+            })
+            .count()
+    }
+
+    #[tokio::test]
+    async fn read_segments_are_recycled_and_their_old_records_never_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = Log::open(&config(dir.path())).unwrap();
+            let reader = spawn_reader(&log, "dest");
+            append_all(&log, 12).await;
+            assert_eq!(reader.await.unwrap(), (0..12).collect::<Vec<u8>>());
+            log.maintain();
+            assert_eq!(files_with(dir.path(), "spare"), MAX_SPARES);
+        }
+        {
+            // New segments reuse the spares; readers see only the new records.
+            let log = Log::open(&config(dir.path())).unwrap();
+            let reader = spawn_reader(&log, "dest");
+            append_all(&log, 7).await;
+            assert_eq!(reader.await.unwrap(), (0..7).collect::<Vec<u8>>());
+            assert_eq!(files_with(dir.path(), "spare"), 0, "spares reused");
+        }
+        // Recycled files hold old records after the new ones: the end of the data, not
+        // damage. A destination reading from the start of what is left gets exactly the
+        // records written, none of the old ones.
+        let log = Log::open(&config(dir.path())).unwrap();
+        assert_eq!(log.head().seq, 19);
+        drop(log.take_appender());
+        cursor::save(
+            &dir.path().join("cursors/again"),
+            log.shared.oldest().unwrap().0,
+        )
+        .unwrap();
+        // Left: the first run's last segment (records 9-11, never fully read when the log
+        // was last maintained), then the second run's 7 records, two segments of which are
+        // recycled files.
+        let again = read_all(&log, "again").await;
+        assert_eq!(again, vec![9, 10, 11, 0, 1, 2, 3, 4, 5, 6]);
     }
 
     #[tokio::test]

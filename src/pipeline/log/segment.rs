@@ -25,6 +25,10 @@ pub const SEGMENT_HEADER: u64 = 16;
 pub const RECORD_HEADER: usize = 4 + 4 + 8 + 8 + 8 + 1;
 /// No record body may be larger; a length above it is corruption, not a reason to allocate.
 pub const MAX_BODY: usize = 1 << 30;
+/// Read stopped at zeros where a record would start: the unwritten end of the data.
+pub const ZERO_FILLED: &str = "zero-filled";
+/// Read stopped at an intact record of an older use of a recycled segment file.
+pub const STALE: &str = "stale record";
 
 /// One record as read back.
 #[derive(Debug, Clone)]
@@ -83,6 +87,9 @@ pub fn read_record(reader: &mut impl Read, expected_seq: u64) -> Result<Option<R
     }
     let length = u32::from_le_bytes(prefix[..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(prefix[4..].try_into().expect("4 bytes"));
+    if length == 0 && crc == 0 {
+        return Err(ReadError::Corrupt(ZERO_FILLED));
+    }
     if !(RECORD_HEADER - 8..=MAX_BODY + RECORD_HEADER).contains(&length) {
         return Err(ReadError::Corrupt("impossible record length"));
     }
@@ -95,7 +102,7 @@ pub fn read_record(reader: &mut impl Read, expected_seq: u64) -> Result<Option<R
     }
     let seq = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
     if seq != expected_seq {
-        return Err(ReadError::Corrupt("unexpected sequence number"));
+        return Err(ReadError::Corrupt(STALE));
     }
     let received_unix_nanos = i64::from_le_bytes(rest[8..16].try_into().expect("8 bytes"));
     let items = u64::from_le_bytes(rest[16..24].try_into().expect("8 bytes"));
@@ -169,7 +176,8 @@ pub struct Scan {
     pub valid_len: u64,
     /// Received time of the first record, if any.
     pub first_received: Option<i64>,
-    /// Why the scan stopped before the end of the file, if it did.
+    /// Why the scan stopped at a damaged record, if it did. Zeros, or an intact record of
+    /// an earlier use of a recycled file, end the data without being damage.
     pub corrupt: Option<&'static str>,
 }
 
@@ -194,6 +202,7 @@ pub fn scan(path: &PathBuf, first_seq: u64) -> io::Result<Scan> {
                 scan.valid_len += Record::encoded_len(record.body.len());
             }
             Ok(None) => break,
+            Err(ReadError::Corrupt(ZERO_FILLED | STALE)) => return Ok(scan),
             Err(ReadError::Corrupt(why)) => {
                 scan.corrupt = Some(why);
                 break;
@@ -256,14 +265,26 @@ mod tests {
         assert_eq!(bad.records, 1);
         assert_eq!(bad.corrupt, Some("checksum mismatch"));
 
-        // A zero-filled tail (space allocated, data never written).
+        // A zero-filled tail (space written ahead, or never written): the end, not damage.
         let mut zeroed = data.clone();
         zeroed.extend_from_slice(&[0u8; 100]);
         std::fs::write(&path, &zeroed).unwrap();
         let zero = super::scan(&path, 0).unwrap();
         assert_eq!(zero.records, 3);
         assert_eq!(zero.valid_len, data.len() as u64);
-        assert!(zero.corrupt.is_some());
+        assert!(zero.corrupt.is_none());
+
+        // A recycled file: two new records over three old ones. The third old record is
+        // intact but belongs to the file's earlier use: the end, not damage.
+        let mut recycled = data.clone();
+        let mut fresh = header(0).to_vec();
+        encode(&mut fresh, 10, 7, 1, Signal::Logs, b"ten");
+        encode(&mut fresh, 11, 7, 1, Signal::Logs, b"elv");
+        recycled[..fresh.len()].copy_from_slice(&fresh);
+        std::fs::write(&path, &recycled).unwrap();
+        let reused = super::scan(&path, 10).unwrap();
+        assert_eq!((reused.records, reused.valid_len), (2, fresh.len() as u64));
+        assert!(reused.corrupt.is_none());
     }
 
     #[test]
@@ -283,7 +304,7 @@ mod tests {
         assert_eq!(&record.body[..], b"body");
         assert!(matches!(
             read_record(&mut &buf[..], 41),
-            Err(ReadError::Corrupt("unexpected sequence number"))
+            Err(ReadError::Corrupt(STALE))
         ));
     }
 }

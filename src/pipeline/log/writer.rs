@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::segment::{self, Record, SEGMENT_HEADER};
 use super::{
-    create_segment, unix_nanos_of, Append, AppendError, Cached, Payload, Position, Shared,
-    WhenLogFull,
+    create_segment, recycle_segment, unix_nanos_of, Append, AppendError, Cached, Payload, Position,
+    Shared, WhenLogFull,
 };
 use crate::telemetry;
 
@@ -169,7 +169,13 @@ impl Writer {
             if self.failed.is_some() {
                 return Err(AppendError::Io(self.failed.clone().unwrap_or_default()));
             }
-            match create_segment(&self.shared.log_dir, self.next) {
+            let spare = self.shared.spares.lock().expect("spares lock").pop();
+            let started = match spare {
+                Some(spare) => recycle_segment(&self.shared.log_dir, &spare, self.next)
+                    .or_else(|_| create_segment(&self.shared.log_dir, self.next)),
+                None => create_segment(&self.shared.log_dir, self.next),
+            };
+            match started {
                 Ok((file, meta)) => {
                     self.file = file;
                     let mut state = self.shared.state.lock().expect("log state lock");
