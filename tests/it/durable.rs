@@ -506,17 +506,12 @@ async fn a_full_log_and_a_disk_floor_throttle_clients() {
     // The backend returns: the log drains and accepts again.
     backend.set_hanging(false);
     assert!(backend.wait_for(Signal::Traces, accepted * 30, WAIT).await);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while grpc_export(gateway.grpc_addr(), Signal::Traces, body.clone(), &[])
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the log never accepted again"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::until_accepted(
+        gateway.grpc_addr(),
+        body.clone(),
+        "the log never accepted again",
+    )
+    .await;
     gateway.shutdown().await;
     println!("log limit: {accepted} requests accepted, then {refused} refused with RESOURCE_EXHAUSTED/429; accepted again after draining");
 

@@ -370,17 +370,7 @@ async fn a_full_memory_budget_answers_with_the_otlp_throttling_responses() {
     // Once the backend answers, the budget is given back and requests are accepted again.
     backend.set_hanging(false);
     assert!(backend.wait_for(Signal::Traces, 30, WAIT).await);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while grpc_export(gateway.grpc_addr(), Signal::Traces, body.clone(), &[])
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "budget never released"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::until_accepted(gateway.grpc_addr(), body.clone(), "budget never released").await;
     assert!(backend.wait_for(Signal::Traces, 60, WAIT).await);
     gateway.shutdown().await;
 }

@@ -115,4 +115,17 @@ pub fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(&full).unwrap_or_else(|e| panic!("cannot read {full}: {e}"))
 }
 
+/// Sends `body` until the gateway accepts it again (after a throttling refusal), failing
+/// with `what` if it has not within `WAIT`.
+pub async fn until_accepted(addr: SocketAddr, body: Bytes, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while grpc_export(addr, Signal::Traces, body.clone(), &[])
+        .await
+        .is_err()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub const WAIT: Duration = Duration::from_secs(10);

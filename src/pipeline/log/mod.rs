@@ -239,6 +239,19 @@ struct SegmentMeta {
     first_received: Option<i64>,
 }
 
+impl SegmentMeta {
+    /// A new segment starting at `at`, holding only its header.
+    fn empty(at: Position, path: PathBuf) -> Self {
+        SegmentMeta {
+            first_seq: at.seq,
+            base_offset: at.offset,
+            path,
+            len: SEGMENT_HEADER,
+            first_received: None,
+        }
+    }
+}
+
 /// What readers, the writer and the maintenance task share.
 #[derive(Debug)]
 struct State {
@@ -847,16 +860,7 @@ fn recycle_segment(log_dir: &Path, spare: &Path, at: Position) -> io::Result<(Fi
     file.seek(io::SeekFrom::Start(SEGMENT_HEADER))?;
     file.sync_data()?;
     File::open(log_dir)?.sync_all()?;
-    Ok((
-        file,
-        SegmentMeta {
-            first_seq: at.seq,
-            base_offset: at.offset,
-            path,
-            len: SEGMENT_HEADER,
-            first_received: None,
-        },
-    ))
+    Ok((file, SegmentMeta::empty(at, path)))
 }
 
 fn create_segment(log_dir: &Path, at: Position) -> io::Result<(File, SegmentMeta)> {
@@ -869,16 +873,7 @@ fn create_segment(log_dir: &Path, at: Position) -> io::Result<(File, SegmentMeta
     file.write_all(&segment::header(at.offset))?;
     file.sync_all()?;
     File::open(log_dir)?.sync_all()?;
-    Ok((
-        file,
-        SegmentMeta {
-            first_seq: at.seq,
-            base_offset: at.offset,
-            path,
-            len: SEGMENT_HEADER,
-            first_received: None,
-        },
-    ))
+    Ok((file, SegmentMeta::empty(at, path)))
 }
 
 pub(crate) fn unix_nanos_now() -> i64 {
