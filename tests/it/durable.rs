@@ -240,6 +240,8 @@ max_backoff_ms = 100
 url = "{url}"
 max_wait_ms = 5
 max_rows = 200
+# Several writer connections commit batches of the same tables in parallel, out of order.
+pool_size = 4
 "#,
         dir = dir.display(),
         a = a.endpoint(),
@@ -313,6 +315,17 @@ max_rows = 200
     );
     assert_eq!(rows, distinct, "duplicate rows after the replay");
     assert_eq!(rows_after, distinct_after, "duplicate rows after shutdown");
+    for (table, key) in [
+        ("detection_events", "(span_id, time)"),
+        ("llm_requests", "span_id"),
+    ] {
+        let all = crate::timescale::count(&db, &format!("SELECT count(*) FROM {table}")).await;
+        let once =
+            crate::timescale::count(&db, &format!("SELECT count(DISTINCT {key}) FROM {table}"))
+                .await;
+        assert!(all > 0, "no rows in {table}");
+        assert_eq!(all, once, "duplicate rows in {table}");
+    }
     assert!(replayed > 0.0, "nothing was replayed after kill -9");
 }
 
