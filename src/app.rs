@@ -388,6 +388,7 @@ impl Gateway {
             sink,
             durable: self.log.is_some(),
             kept_in_log,
+            log: self.log.as_ref().map(|log| log.stats()),
         }
     }
 
@@ -411,6 +412,8 @@ pub struct ShutdownReport {
     pub durable: bool,
     /// Per destination, log records not yet finished (delivered on the next start).
     pub kept_in_log: Vec<(String, u64)>,
+    /// What the durable log appended, when on.
+    pub log: Option<crate::pipeline::log::LogStats>,
 }
 
 impl ShutdownReport {

@@ -263,6 +263,15 @@ async fn run_until(args: DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> 
             report.rows_written, report.rows_rejected, report.rows_failed
         );
     }
+    if let Some(log) = &reports.log {
+        println!(
+            "  durable log      {} requests ({:.1} MiB) synced to disk before their ack, in {} group commits ({:.1} requests per fdatasync)",
+            log.records,
+            log.bytes as f64 / (1024.0 * 1024.0),
+            log.syncs,
+            log.records as f64 / log.syncs.max(1) as f64
+        );
+    }
     print_samples(&uptrace);
     if let (Some(db), Some(pg)) = (&db, &database) {
         print_database(db, pg.timescaledb(), &tally, secs).await?;

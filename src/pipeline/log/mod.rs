@@ -285,8 +285,19 @@ struct Shared {
     trackers: Mutex<Vec<Arc<Tracker>>>,
     /// Why the writer stopped accepting, after a write or sync failure.
     failed: Mutex<Option<String>>,
-    /// Read segment files kept for reuse (see `writer::recycle_segment`).
+    /// Read segment files kept for reuse (see `recycle_segment`).
     spares: Mutex<Vec<PathBuf>>,
+    /// Appended since the log was opened: records, bytes, group syncs.
+    appended: [std::sync::atomic::AtomicU64; 3],
+}
+
+/// What a log has appended since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub records: u64,
+    pub bytes: u64,
+    /// Group commits (one `write` and one `fdatasync` each).
+    pub syncs: u64,
 }
 
 impl Shared {
@@ -489,6 +500,7 @@ impl Log {
             trackers: Mutex::new(Vec::new()),
             failed: Mutex::new(None),
             spares: Mutex::new(spares),
+            appended: Default::default(),
         });
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(4096);
@@ -792,6 +804,22 @@ impl Log {
             "failed": *self.shared.failed.lock().expect("failed lock"),
             "destinations": destinations,
         })
+    }
+
+    /// What was appended since the log was opened.
+    pub fn stats(&self) -> LogStats {
+        let [records, bytes, syncs] = &self.shared.appended;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        LogStats {
+            records: load(records),
+            bytes: load(bytes),
+            syncs: load(syncs),
+        }
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.config.dir
     }
 
     /// Whether the log still accepts appends (false after a write or sync failure).

@@ -265,6 +265,10 @@ impl Writer {
                 cache.bytes -= old.payload.body.len() as u64;
             }
         }
+        let [records, bytes, syncs] = &self.shared.appended;
+        records.fetch_add(unsynced.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        bytes.fetch_add(written, std::sync::atomic::Ordering::Relaxed);
+        syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics::counter!(telemetry::LOG_APPENDED_RECORDS).increment(unsynced.len() as u64);
         metrics::counter!(telemetry::LOG_APPENDED_BYTES).increment(written);
         self.head.send_replace(self.next);
