@@ -255,7 +255,26 @@ pool_size = 4
     let mut first = run_gateway(&path, admin).await;
     let stop = CancellationToken::new();
     let (acked, sender) = load(grpc, 41, Duration::from_millis(3), stop.clone());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    // Three frames that cannot be converted (a width that is no number), just before the
+    // kill: their rejections are written to otelgate_rejected_rows, and the replay after
+    // the restart must not write them again.
+    for i in 0..3u8 {
+        let bad = crate::timescale::traces(vec![opentelemetry_proto::tonic::trace::v1::Span {
+            trace_id: vec![0xbd; 16],
+            span_id: vec![0xbd, i, 0, 0, 0, 0, 0, 1],
+            name: "frame.process".into(),
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 2,
+            attributes: vec![
+                otelgate::demo::generator::kv_str("camera.id", "cam-bad"),
+                otelgate::demo::generator::kv_str("frame.width", "wide"),
+            ],
+            ..Default::default()
+        }]);
+        grpc_export(grpc, Signal::Traces, bad, &[]).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     first.start_kill().unwrap();
     first.wait().await.unwrap();
     stop.cancel();
@@ -315,6 +334,12 @@ pool_size = 4
     );
     assert_eq!(rows, distinct, "duplicate rows after the replay");
     assert_eq!(rows_after, distinct_after, "duplicate rows after shutdown");
+    let rejected = crate::timescale::count(
+        &db,
+        "SELECT count(*) FROM otelgate_rejected_rows WHERE reason <> '' AND record::text LIKE '%cam-bad%'",
+    )
+    .await;
+    assert_eq!(rejected, 3, "each rejected frame kept once");
     for (table, key) in [
         ("detection_events", "(span_id, time)"),
         ("llm_requests", "span_id"),

@@ -42,6 +42,8 @@ pub struct SinkReport {
 struct Target {
     table: String,
     copy_sql: String,
+    /// The rows are records rejected during extraction, for `otelgate_rejected_rows`.
+    rejections: bool,
 }
 
 impl Target {
@@ -53,6 +55,7 @@ impl Target {
                 "COPY \"{table}\" ({}) FROM STDIN (FORMAT binary)",
                 columns.join(", ")
             ),
+            rejections: false,
         }
     }
 }
@@ -196,7 +199,7 @@ impl TimescaleSink {
         queue: QueueReceiver,
         log: Option<LogLedger>,
     ) -> Self {
-        let targets = extractor
+        let mut targets: Vec<Arc<Target>> = extractor
             .mappings()
             .iter()
             .map(|m| {
@@ -205,6 +208,13 @@ impl TimescaleSink {
                 Arc::new(Target::new(&m.table, &columns))
             })
             .collect();
+        targets.push(Arc::new(Target {
+            rejections: true,
+            ..Target::new(
+                "otelgate_rejected_rows",
+                &["time", "table_name", "reason", "record"],
+            )
+        }));
         TimescaleSink {
             extractor,
             queue,
@@ -239,7 +249,6 @@ impl TimescaleSink {
         let slots = Arc::new(Semaphore::new(self.pool_size));
         let mut tasks = JoinSet::new();
         let mut pending: Vec<Pending> = self.targets.iter().map(|_| Pending::default()).collect();
-        let mut rejected_pending: Vec<Vec<Cell>> = Vec::new();
         let mut scratch = self.extractor.batch();
         let mut prune = tokio::time::interval(Duration::from_secs(600));
         let mut requests_undelivered = 0;
@@ -270,49 +279,26 @@ impl TimescaleSink {
                 received = self.queue.recv() => {
                     let Some(payload) = received else { break };
                     self.extract(&payload, &mut scratch);
-                    let position = payload.position();
                     for (index, rows) in scratch.rows.iter_mut().enumerate() {
-                        if rows.is_empty() {
-                            continue;
+                        if !rows.is_empty() {
+                            self.take_rows(&mut pending[index], index, std::mem::take(rows), &payload);
                         }
-                        let slot = &mut pending[index];
-                        match (position, &self.log) {
-                            (Some(at), Some(log)) => {
-                                let table = &self.targets[index].table;
-                                let replaying = at.seq < log.replay_until;
-                                let before = slot.rows.len();
-                                let mut skipped = 0u64;
-                                for (row_index, row) in rows.drain(..).enumerate() {
-                                    let key = (at.seq, row_index as u32);
-                                    if replaying && log.committed.covers(table, key) {
-                                        skipped += 1;
-                                        continue;
-                                    }
-                                    slot.rows.push(row);
-                                    slot.keys.push(key);
-                                }
-                                if skipped > 0 {
-                                    metrics::counter!(telemetry::SINK_REPLAY_SKIPPED_ROWS, "table" => table.clone()).increment(skipped);
-                                }
-                                if slot.rows.len() == before {
-                                    continue;
-                                }
-                            }
-                            _ => slot.rows.append(rows),
-                        }
-                        slot.payloads.push(payload.clone());
-                        slot.oldest.get_or_insert(payload.received);
-                        slot.deadline.get_or_insert_with(|| Instant::now() + self.max_wait);
                     }
-                    for rejected in scratch.rejected.drain(..) {
+                    // Records that could not be converted: rows of otelgate_rejected_rows,
+                    // batched and ledgered like any other rows (the last target).
+                    let rejected: Vec<Vec<Cell>> = scratch.rejected.drain(..).map(|rejected| {
                         metrics::counter!(telemetry::SINK_REJECTED_ROWS, "table" => rejected.table.clone(), "reason" => "conversion").increment(1);
                         rejection_log.note(&rejected.table, &rejected.reason);
-                        rejected_pending.push(vec![
+                        vec![
                             Cell::Timestamp(now_nanos()),
                             Cell::Text(rejected.table),
                             Cell::Text(rejected.reason),
                             Cell::Json(rejected.record),
-                        ]);
+                        ]
+                    }).collect();
+                    if !rejected.is_empty() {
+                        let index = self.targets.len() - 1;
+                        self.take_rows(&mut pending[index], index, rejected, &payload);
                     }
                     let full: Vec<usize> = (0..pending.len()).filter(|&i| pending[i].rows.len() >= self.max_rows).collect();
                     for index in full {
@@ -321,11 +307,6 @@ impl TimescaleSink {
                         }
                     }
                 }
-            }
-            if !rejected_pending.is_empty() {
-                let rows = std::mem::take(&mut rejected_pending);
-                let writer = self.writer.clone();
-                tasks.spawn(async move { writer.write_rejected(rows).await });
             }
         }
         if !stop.is_cancelled() {
@@ -381,6 +362,47 @@ impl TimescaleSink {
             rows_undelivered,
             requests_undelivered,
         }
+    }
+
+    /// Adds a record's rows for target `index` to its pending batch. With the durable log,
+    /// each row gets its key, and rows of a replayed record that the ledger shows committed
+    /// before the restart are skipped.
+    fn take_rows(
+        &self,
+        slot: &mut Pending,
+        index: usize,
+        rows: Vec<Vec<Cell>>,
+        payload: &Delivery,
+    ) {
+        match (payload.position(), &self.log) {
+            (Some(at), Some(log)) => {
+                let table = &self.targets[index].table;
+                let replaying = at.seq < log.replay_until;
+                let before = slot.rows.len();
+                let mut skipped = 0u64;
+                for (row_index, row) in rows.into_iter().enumerate() {
+                    let key = (at.seq, row_index as u32);
+                    if replaying && log.committed.covers(table, key) {
+                        skipped += 1;
+                        continue;
+                    }
+                    slot.rows.push(row);
+                    slot.keys.push(key);
+                }
+                if skipped > 0 {
+                    metrics::counter!(telemetry::SINK_REPLAY_SKIPPED_ROWS, "table" => table.clone())
+                        .increment(skipped);
+                }
+                if slot.rows.len() == before {
+                    return;
+                }
+            }
+            _ => slot.rows.extend(rows),
+        }
+        slot.payloads.push(payload.clone());
+        slot.oldest.get_or_insert(payload.received);
+        slot.deadline
+            .get_or_insert_with(|| Instant::now() + self.max_wait);
     }
 
     fn extract(&self, payload: &Delivery, scratch: &mut RowBatch) {
@@ -569,6 +591,9 @@ impl Writer {
             let count = rows.len() as u64;
             let range = self.range(&keys);
             match self.write_batch(target, &target.table, &rows, range).await {
+                Ok(()) if target.rejections => {
+                    self.tally.rejected.fetch_add(count, Ordering::Relaxed);
+                }
                 Ok(()) => {
                     self.tally.written.fetch_add(count, Ordering::Relaxed);
                     metrics::counter!(telemetry::SINK_ROWS, "table" => target.table.clone())
@@ -629,21 +654,6 @@ impl Writer {
             first: *keys.first()?,
             last: *keys.last()?,
         })
-    }
-
-    async fn write_rejected(&self, rows: Vec<Vec<Cell>>) {
-        let count = rows.len() as u64;
-        match self
-            .write_batch(&self.rejected, &self.rejected.table, &rows, None)
-            .await
-        {
-            Ok(()) => {
-                self.tally.rejected.fetch_add(count, Ordering::Relaxed);
-            }
-            Err((_, message)) => {
-                tracing::error!(rows = count, error = %message, "Cannot keep rejected rows in otelgate_rejected_rows.");
-            }
-        }
     }
 
     /// One batch, one id, retried on transient failures until `max_elapsed`.
