@@ -37,10 +37,19 @@ pub fn config_for(backends: &[(&str, &RecordingBackend, Protocol)]) -> Config {
 }
 
 /// A fresh durable-log directory for one gateway, under cargo's scratch directory for tests.
+/// Directories of earlier runs (older than an hour) are removed on the way.
 pub fn log_dir() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("logs")
-        .join(uuid::Uuid::new_v4().to_string());
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("logs");
+    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(3600)));
+        if old {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = root.join(uuid::Uuid::new_v4().to_string());
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
