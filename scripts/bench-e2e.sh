@@ -18,7 +18,8 @@
 # BENCH_SKIP_ROTEL=1, ROTEL (path of rotel-agent; default: installed from PyPI into
 # target/bench-venv), BENCH_SECTIONS (default "1 2 3 4 5"; 2 and 4 need 1's gateway config).
 # The durable log of each gateway lives in the temporary work directory, on the file system
-# of $TMPDIR (default /tmp): that is the disk being measured.
+# of $TMPDIR (default /tmp), or under BENCH_LOG_DIR when set (another disk, or tmpfs to
+# separate the log's disk time from its CPU).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -28,6 +29,7 @@ RATES=${BENCH_RATES:-"3850 38500"}
 LONG_SECS=${BENCH_LONG_SECONDS:-300}
 OVERLOAD_SECS=${BENCH_OVERLOAD_SECONDS:-60}
 SECTIONS=${BENCH_SECTIONS:-"1 2 3 4 5"}
+LOG_ROOT_SET=${BENCH_LOG_DIR:-}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 OUT=${OUT:-target/bench-e2e}
 BIN=target/release/otelgate
@@ -43,6 +45,8 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+LOG_ROOT=${LOG_ROOT_SET:-$work}
+mkdir -p "$LOG_ROOT"
 
 log() { printf '==> %s\n' "$*" >&2; }
 wait_for() { # url, seconds
@@ -72,7 +76,7 @@ rows_since() { # timestamp -> "rows seconds"
 
 gateway_toml() { # name log(on|off) -> writes $work/<name>.toml for the row benchmarks
     local log_section
-    if [ "$2" = on ]; then log_section="dir = \"$work/log-$1\""; else log_section="enabled = false"; fi
+    if [ "$2" = on ]; then log_section="dir = \"$LOG_ROOT/log-$1\""; else log_section="enabled = false"; fi
     cat >"$work/$1.toml" <<TOML
 [receiver]
 grpc_endpoint = "127.0.0.1:24317"
@@ -99,6 +103,13 @@ max_rate_rows() { # config name -> "rows/s" (and writes $OUT/<name>-max.json)
     start=$(sql "SELECT clock_timestamp()")
     $BIN load --endpoint http://127.0.0.1:24317 -c 4 -b 100 --duration "$SECS" --database-url "$PG_URL" --json >"$OUT/$1-max.json"
     read -r rows secs <<<"$(rows_since "$start")"
+    # Rows committed after the client stopped sending: the backlog the gateway had
+    # acknowledged (with the log on, in the log) and drained alone, without the load
+    # generator on the same cores.
+    local sent drain_rows drain_secs
+    sent=$(json "$OUT/$1-max.json" "d['seconds']")
+    read -r drain_rows drain_secs <<<"$(rows_since "$(sql "SELECT ('$start'::timestamptz + interval '$sent seconds')")")"
+    echo "$drain_rows $drain_secs" >"$OUT/$1-drain.txt"
     kill "$gw"; wait "$gw" 2>/dev/null || true
     python3 -c "print(round($rows / max($secs, 1e-9)))"
 }
@@ -165,7 +176,7 @@ PY
 
 forward_toml() { # name log(on|off)
     local log_section
-    if [ "$2" = on ]; then log_section="dir = \"$work/log-$1\""; else log_section="enabled = false"; fi
+    if [ "$2" = on ]; then log_section="dir = \"$LOG_ROOT/log-$1\""; else log_section="enabled = false"; fi
     cat >"$work/$1.toml" <<TOML
 [receiver]
 grpc_endpoint = "127.0.0.1:24317"
@@ -241,6 +252,9 @@ if copy_rps:
         db = m.get("database") or {}
         print(f"  {label:<31}{rps:>9} rows/s   ratio {rps / copy_rps:.2f}   ack p99 {m['ack_latency_ms']['p99']:.1f} ms, "
               f"{m['items_acknowledged']} frames acknowledged, {db.get('frame_rows_found')} found, commit p99 {db.get('receive_to_commit_ms', {}).get('p99', 0):.1f} ms")
+        drain_rows, drain_secs = map(float, open(f"{out}/{name}-drain.txt").read().split())
+        if drain_secs >= 3:
+            print(f"  {'':<31}backlog: {drain_rows:.0f} rows committed in the {drain_secs:.0f} s after the client stopped (acknowledged, not yet written)")
 if not os.path.exists(f"{out}/gateway-rate-{rates.split()[0]}.json"):
     rates = ""
 if rates:
