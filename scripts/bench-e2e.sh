@@ -74,10 +74,10 @@ rows_since() { # timestamp -> "rows seconds"
          SELECT count(*) || ' ' || coalesce(extract(epoch FROM max(ingested_at) - '$1'::timestamptz), 0) FROM r"
 }
 
-gateway_toml() { # name log(on|off) -> writes $work/<name>.toml for the row benchmarks
+common_toml() { # name log(on|off) -> the listeners, logging and [log] of a gateway config
     local log_section
     if [ "$2" = on ]; then log_section="dir = \"$LOG_ROOT/log-$1\""; else log_section="enabled = false"; fi
-    cat >"$work/$1.toml" <<TOML
+    cat <<TOML
 [receiver]
 grpc_endpoint = "127.0.0.1:24317"
 http_endpoint = "127.0.0.1:24318"
@@ -86,11 +86,16 @@ admin_endpoint = "127.0.0.1:23133"
 log_level = "warn"
 [log]
 $log_section
+TOML
+}
+gateway_toml() { # name log(on|off) -> writes $work/<name>.toml for the row benchmarks
+    { common_toml "$1" "$2"; cat <<TOML
 [timescale]
 url = "$PG_URL"
 pool_size = 2
 max_rows = 10000
 TOML
+    } >"$work/$1.toml"
 }
 gateway_toml gateway on
 gateway_toml gateway-memory off
@@ -175,21 +180,12 @@ PY
 }
 
 forward_toml() { # name log(on|off)
-    local log_section
-    if [ "$2" = on ]; then log_section="dir = \"$LOG_ROOT/log-$1\""; else log_section="enabled = false"; fi
-    cat >"$work/$1.toml" <<TOML
-[receiver]
-grpc_endpoint = "127.0.0.1:24317"
-http_endpoint = "127.0.0.1:24318"
-[telemetry]
-admin_endpoint = "127.0.0.1:23133"
-log_level = "warn"
-[log]
-$log_section
+    { common_toml "$1" "$2"; cat <<TOML
 [exporters.down]
 endpoint = "http://127.0.0.1:25317"
 compression = "none"
 TOML
+    } >"$work/$1.toml"
 }
 forward_with() { # collector-name config-name
     $BIN run --config "$work/$2.toml" 2>"$work/$2.log" &
