@@ -79,15 +79,14 @@ impl Gateway {
             .max(config.receiver.max_request_bytes as u64);
         let readers_stop = CancellationToken::new();
         let mut readers = JoinSet::new();
-        let mut signals = [false; 3];
+        // Signals some destination takes; with the log, others are refused before appending.
+        let mut taken = Vec::new();
         for (name, exporter) in &config.exporters {
             let client = OtlpClient::new(exporter)
                 .with_context(|| format!("exporter `{name}` cannot be set up"))?;
             let (tx, rx) = queue(name, exporter.queue.capacity);
             queues.push(tx.stats());
-            for signal in &exporter.signals {
-                signals[signal.index()] = true;
-            }
+            taken.extend_from_slice(&exporter.signals);
             let mut exporter = exporter.clone();
             match &log {
                 Some(log) => {
@@ -125,9 +124,7 @@ impl Gateway {
                 .collect();
             let (tx, rx) = queue("timescale", config.queue.capacity);
             queues.push(tx.stats());
-            for signal in &sink_signals {
-                signals[signal.index()] = true;
-            }
+            taken.extend_from_slice(&sink_signals);
             let ledger = match &log {
                 Some(log) => {
                     let reader = log.reader(
@@ -175,7 +172,7 @@ impl Gateway {
                 (
                     Dispatcher::Durable {
                         log: appender,
-                        signals,
+                        signals: crate::Signal::mask(&taken),
                     },
                     stop,
                     Some(task),

@@ -41,6 +41,15 @@ impl Signal {
     /// Every signal, in a fixed order (used to index per-signal state).
     pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
 
+    /// Which of the three signals `signals` names, indexed by [`Signal::index`].
+    pub fn mask(signals: &[Signal]) -> [bool; 3] {
+        let mut mask = [false; 3];
+        for signal in signals {
+            mask[signal.index()] = true;
+        }
+        mask
+    }
+
     /// Lower-case name, as used in paths, config and metric labels.
     pub const fn as_str(self) -> &'static str {
         match self {

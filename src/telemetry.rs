@@ -65,6 +65,10 @@ pub mod reason {
     pub const LOG_FULL: &str = "log_full";
     pub const DISK_FLOOR: &str = "disk_floor";
     pub const LOG_FAILED: &str = "log_failed";
+    /// A failed write or sync of the durable log (`otelgate_log_refused_requests_total`).
+    pub const LOG_IO: &str = "io";
+    pub const LAG_LIMIT: &str = "lag_limit";
+    pub const CORRUPT: &str = "corrupt";
 }
 
 /// Bytes of log segments on disk.

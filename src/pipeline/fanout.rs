@@ -71,13 +71,9 @@ impl Dispatcher {
 impl Fanout {
     /// Adds a destination taking `signals`.
     pub fn add(&mut self, name: &str, signals: &[Signal], queue: QueueSender, config: QueueConfig) {
-        let mut mask = [false; 3];
-        for signal in signals {
-            mask[signal.index()] = true;
-        }
         self.destinations.push(Destination {
             name: name.into(),
-            signals: mask,
+            signals: Signal::mask(signals),
             queue,
             config,
         });

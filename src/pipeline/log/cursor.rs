@@ -142,12 +142,6 @@ pub struct Done {
     seq: u64,
 }
 
-impl Done {
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-}
-
 impl Drop for Done {
     fn drop(&mut self) {
         self.tracker.finish(self.seq);

@@ -40,7 +40,7 @@ pub use reader::Reader;
 
 use super::{Payload, QueueConfig, QueueSender};
 use crate::config::ConfigError;
-use crate::telemetry;
+use crate::telemetry::{self, reason};
 use crate::Signal;
 use segment::SEGMENT_HEADER;
 
@@ -197,6 +197,17 @@ pub enum AppendError {
     Io(String),
     #[error("the gateway is shutting down")]
     Closed,
+}
+
+impl AppendError {
+    /// The `reason` label of `otelgate_log_refused_requests_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AppendError::Full(_) => reason::LOG_FULL,
+            AppendError::DiskFloor(_) => reason::DISK_FLOOR,
+            AppendError::Io(_) | AppendError::Closed => reason::LOG_IO,
+        }
+    }
 }
 
 struct Append {
@@ -410,7 +421,7 @@ impl Log {
         let log_id = read_or_create_id(&dir.join("log_id"))?;
         // Counters exist from the start, so `increase()` sees their first step.
         metrics::counter!(telemetry::LOG_TRUNCATED_BYTES).increment(0);
-        for reason in ["log_full", "disk_floor", "io"] {
+        for reason in [reason::LOG_FULL, reason::DISK_FLOOR, reason::LOG_IO] {
             metrics::counter!(telemetry::LOG_REFUSED_REQUESTS, "reason" => reason).increment(0);
         }
 
@@ -578,7 +589,7 @@ impl Log {
             }
         };
         let tracker = Arc::new(Tracker::new(name, start, max_lag_bytes));
-        for reason in ["lag_limit", "log_full", "corrupt"] {
+        for reason in [reason::LAG_LIMIT, reason::LOG_FULL, reason::CORRUPT] {
             metrics::counter!(telemetry::LOG_DROPPED_RECORDS, "destination" => name.to_owned(), "reason" => reason)
                 .increment(0);
         }
@@ -695,14 +706,14 @@ impl Log {
         let cursor = tracker.cursor().0;
         let mut target = None;
         if let Some(oldest) = oldest.filter(|o| cursor.seq < o.seq) {
-            target = Some((oldest, "log_full"));
+            target = Some((oldest, reason::LOG_FULL));
         }
         if let Some(limit) = tracker.max_lag_bytes() {
             let from = target.map_or(cursor, |(t, _)| t);
             if head.offset.saturating_sub(from.offset) > limit {
                 if let Some(to) = self.shared.segment_from(head.offset - limit) {
                     if to.seq > from.seq {
-                        target = Some((to, "lag_limit"));
+                        target = Some((to, reason::LAG_LIMIT));
                     }
                 }
             }
@@ -815,11 +826,6 @@ impl Log {
             bytes: load(bytes),
             syncs: load(syncs),
         }
-    }
-
-    /// The log's directory.
-    pub fn dir(&self) -> &Path {
-        &self.shared.config.dir
     }
 
     /// Whether the log still accepts appends (false after a write or sync failure).

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::segment::{self, ReadError, Record, SEGMENT_HEADER};
 use super::{instant_of, unix_nanos_of, Position, Shared, Tracker};
 use crate::pipeline::{Delivery, Payload, QueueSender};
-use crate::telemetry;
+use crate::telemetry::{self, reason};
 use crate::Signal;
 
 /// Records read from disk in one go, at most.
@@ -45,6 +45,8 @@ pub struct Reader {
     /// Bytes of requests this destination may hold (queued, batched or in flight).
     window: Arc<Semaphore>,
     window_bytes: u32,
+    /// `otelgate_log_replayed_records_total` for this destination, registered once.
+    replayed: metrics::Counter,
 }
 
 impl Reader {
@@ -58,20 +60,17 @@ impl Reader {
         window_bytes: u64,
     ) -> Self {
         let window_bytes = window_bytes.clamp(1, Semaphore::MAX_PERMITS as u64 / 2) as u32;
-        let mut mask = [false; 3];
-        for s in signals {
-            mask[s.index()] = true;
-        }
         Reader {
             shared,
-            tracker,
-            signals: mask,
+            signals: Signal::mask(signals),
             queue,
             head,
             replay_until,
             disk: None,
             window: Arc::new(Semaphore::new(window_bytes as usize)),
             window_bytes,
+            replayed: metrics::counter!(telemetry::LOG_REPLAYED_RECORDS, "destination" => tracker.name().to_string()),
+            tracker,
         }
     }
 
@@ -103,7 +102,7 @@ impl Reader {
             }
             // Segments deleted under `when_full = "drop_oldest"`: move on to what is left.
             if let Some((oldest, _)) = self.shared.oldest().filter(|(o, _)| next.seq < o.seq) {
-                super::dropped(&self.tracker, oldest, "log_full");
+                super::dropped(&self.tracker, oldest, reason::LOG_FULL);
                 self.disk = None;
                 continue;
             }
@@ -128,8 +127,7 @@ impl Reader {
             };
             for item in items {
                 if item.at.seq < self.replay_until {
-                    metrics::counter!(telemetry::LOG_REPLAYED_RECORDS, "destination" => self.name())
-                        .increment(1);
+                    self.replayed.increment(1);
                 }
                 if !self.signals[item.payload.signal.index()] {
                     self.tracker.skip_to(item.end);
@@ -194,11 +192,11 @@ impl Reader {
                 match self.shared.segment_for(at.seq).and_then(|(_, n)| n) {
                     Some(next_segment) => {
                         tracing::error!(destination = %self.tracker.name(), seq = at.seq, reason = why, "Corrupt log record; skipping the rest of its segment.");
-                        self.drop_until(at, next_segment, "corrupt");
+                        self.drop_until(at, next_segment, reason::CORRUPT);
                     }
                     None => {
                         tracing::error!(destination = %self.tracker.name(), seq = at.seq, reason = why, "Corrupt record at the end of the log; skipping to the head.");
-                        self.drop_until(at, head, "corrupt");
+                        self.drop_until(at, head, reason::CORRUPT);
                     }
                 }
                 None

@@ -16,7 +16,7 @@ use super::{
     create_segment, recycle_segment, unix_nanos_of, Append, AppendError, Cached, Payload, Position,
     Shared, WhenLogFull,
 };
-use crate::telemetry;
+use crate::telemetry::{self, reason};
 
 /// Free space on the log's file system, measured at most every 100 ms.
 #[derive(Default)]
@@ -87,19 +87,14 @@ impl Writer {
             let group_size = group.len();
             for append in group {
                 if let Some(why) = &self.failed {
-                    metrics::counter!(telemetry::LOG_REFUSED_REQUESTS, "reason" => "io")
+                    metrics::counter!(telemetry::LOG_REFUSED_REQUESTS, "reason" => reason::LOG_IO)
                         .increment(1);
                     let _ = append.reply.send(Err(AppendError::Io(why.clone())));
                     continue;
                 }
                 let len = Record::encoded_len(append.payload.body.len());
                 if let Err(error) = self.admit(len, &mut buf, &mut unsynced) {
-                    let reason = match error {
-                        AppendError::Full(_) => "log_full",
-                        AppendError::DiskFloor(_) => "disk_floor",
-                        _ => "io",
-                    };
-                    metrics::counter!(telemetry::LOG_REFUSED_REQUESTS, "reason" => reason)
+                    metrics::counter!(telemetry::LOG_REFUSED_REQUESTS, "reason" => error.reason())
                         .increment(1);
                     let _ = append.reply.send(Err(error));
                     continue;
@@ -232,7 +227,7 @@ impl Writer {
         buf.clear();
         if let Err(error) = result {
             let error = self.fail(format!("write or sync failed: {error}"));
-            metrics::counter!(telemetry::LOG_REFUSED_REQUESTS, "reason" => "io")
+            metrics::counter!(telemetry::LOG_REFUSED_REQUESTS, "reason" => reason::LOG_IO)
                 .increment(unsynced.len() as u64);
             for w in unsynced.drain(..) {
                 let _ = w.reply.send(Err(error.clone()));
