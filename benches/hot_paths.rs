@@ -12,6 +12,10 @@ use otelgate::sink::timescale::{encode_copy, Extractor, TimescaleSinkConfig};
 use otelgate::Signal;
 use prost::Message;
 
+/// The allocator the `otelgate` binary uses, so the numbers are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn request() -> (Bytes, Vec<u8>, u64) {
     let (request, spans) = TelemetryGenerator::new(1).traces(100);
     let json = serde_json::to_vec(&request).expect("serializable");

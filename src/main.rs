@@ -7,6 +7,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use otelgate::{demo, telemetry, Config, Gateway};
 
+/// mimalloc instead of the system allocator: decoding OTLP and building rows allocate many
+/// small objects across threads, where glibc malloc spent ~40% of the gateway's CPU under
+/// load (see docs/BENCHMARKS.md, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "otelgate",

@@ -20,11 +20,17 @@ pub enum Cell {
     /// Nanoseconds since the Unix epoch (stored with microsecond precision).
     Timestamp(i64),
     Uuid([u8; 16]),
-    Json(serde_json::Value),
+    /// JSON text, rendered once when the row is built (see `Cell::json`).
+    Json(Box<str>),
     Bytea(Vec<u8>),
 }
 
 impl Cell {
+    /// A JSON cell from a `serde_json::Value`.
+    pub fn json(value: &serde_json::Value) -> Cell {
+        Cell::Json(value.to_string().into_boxed_str())
+    }
+
     /// Whether this cell may go into a column of `ty` (NULL goes anywhere).
     pub fn fits(&self, ty: ColumnType) -> bool {
         matches!(
@@ -52,7 +58,9 @@ impl Cell {
             Cell::Bool(b) => Value::Bool(*b),
             Cell::Timestamp(ns) => Value::from(*ns),
             Cell::Uuid(u) => Value::String(uuid::Uuid::from_bytes(*u).to_string()),
-            Cell::Json(v) => v.clone(),
+            Cell::Json(text) => {
+                serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+            }
             Cell::Bytea(b) => Value::String(hex(b)),
         }
     }
@@ -78,8 +86,7 @@ impl Cell {
                 buf.put_i64(ns.div_euclid(1000) - PG_EPOCH_UNIX_SECS * 1_000_000);
             }
             Cell::Uuid(u) => put_bytes(buf, u),
-            Cell::Json(value) => {
-                let text = value.to_string();
+            Cell::Json(text) => {
                 buf.put_i32(text.len() as i32 + 1);
                 buf.put_u8(1); // jsonb binary format version
                 buf.put_slice(text.as_bytes());

@@ -3,7 +3,7 @@
 //! A record that cannot be converted becomes a rejected row (table, reason, record as JSON)
 //! instead of stopping the others.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -11,6 +11,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::{span, status, Span};
 use prost::Message;
+use serde::{Serialize, Serializer};
 use serde_json::Value;
 
 use super::config::{LlmPrice, TimescaleSinkConfig};
@@ -186,7 +187,7 @@ impl Record<'_> {
                 .and_then(|l| l.body.as_ref())
                 .map(|b| match &b.value {
                     Some(any_value::Value::StringValue(s)) => Cell::Text(s.clone()),
-                    _ => Cell::Json(any_to_json(b)),
+                    _ => json_cell(&AnyJson(b)),
                 }),
             Field::ServiceName => self.service_name().map(|s| Cell::Text(s.to_owned())),
             Field::ScopeName => text(self.scope_name),
@@ -294,6 +295,56 @@ pub fn any_to_json(value: &AnyValue) -> Value {
     }
 }
 
+/// An `AnyValue` serialized as JSON the way `any_to_json` renders it, without building a
+/// `serde_json::Value` first (rows are built per record; the tree of maps and strings was
+/// most of their cost).
+struct AnyJson<'a>(&'a AnyValue);
+
+impl Serialize for AnyJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0.value {
+            None => serializer.serialize_unit(),
+            Some(any_value::Value::StringValue(s)) => serializer.serialize_str(s),
+            Some(any_value::Value::BoolValue(b)) => serializer.serialize_bool(*b),
+            Some(any_value::Value::IntValue(i)) => serializer.serialize_i64(*i),
+            // serde_json writes non-finite numbers as null, like `any_to_json`.
+            Some(any_value::Value::DoubleValue(d)) => serializer.serialize_f64(*d),
+            Some(any_value::Value::BytesValue(b)) => serializer.serialize_str(&hex(b)),
+            Some(any_value::Value::ArrayValue(a)) => {
+                serializer.collect_seq(a.values.iter().map(AnyJson))
+            }
+            Some(any_value::Value::KvlistValue(kv)) => serializer.collect_map(
+                kv.values
+                    .iter()
+                    .map(|kv| (kv.key.as_str(), kv.value.as_ref().map(AnyJson))),
+            ),
+        }
+    }
+}
+
+/// Attributes as one JSON object, leaving out the keys a mapping stored in columns. A key
+/// repeated in the record is written twice; jsonb keeps the last, as `any_to_json` does.
+struct AttributesJson<'a> {
+    attributes: &'a [KeyValue],
+    skip: &'a BTreeSet<String>,
+}
+
+impl Serialize for AttributesJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(
+            self.attributes
+                .iter()
+                .filter(|kv| !self.skip.contains(&kv.key))
+                .map(|kv| (kv.key.as_str(), kv.value.as_ref().map(AnyJson))),
+        )
+    }
+}
+
+fn json_cell(value: &impl Serialize) -> Cell {
+    let text = serde_json::to_string(value).expect("AnyValue JSON has string keys");
+    Cell::Json(text.into_boxed_str())
+}
+
 /// Converts a value to a column type, or says why not.
 fn convert(raw: Raw<'_>, ty: ColumnType) -> Result<Cell, String> {
     use any_value::Value as V;
@@ -302,7 +353,7 @@ fn convert(raw: Raw<'_>, ty: ColumnType) -> Result<Cell, String> {
             return match (cell, ty) {
                 (cell, ty) if cell.fits(ty) => Ok(cell),
                 (Cell::Int8(i), ColumnType::Float8) => Ok(Cell::Float8(i as f64)),
-                (Cell::Text(s), ColumnType::Jsonb) => Ok(Cell::Json(Value::String(s))),
+                (Cell::Text(s), ColumnType::Jsonb) => Ok(json_cell(&s)),
                 (Cell::Bytea(b), ColumnType::Text) => Ok(Cell::Text(hex(&b))),
                 (cell, ty) => Err(format!("cannot store {cell:?} as {}", ty.sql())),
             };
@@ -338,7 +389,7 @@ fn convert(raw: Raw<'_>, ty: ColumnType) -> Result<Cell, String> {
         (ColumnType::Uuid, V::BytesValue(b)) => {
             Cell::Uuid(<[u8; 16]>::try_from(&b[..]).map_err(|_| mismatch())?)
         }
-        (ColumnType::Jsonb, _) => Cell::Json(any_to_json(any)),
+        (ColumnType::Jsonb, _) => json_cell(&AnyJson(any)),
         (ColumnType::Bytea, V::BytesValue(b)) => Cell::Bytea(b.clone()),
         (ColumnType::Bytea, V::StringValue(s)) => Cell::Bytea(s.as_bytes().to_vec()),
         _ => return Err(mismatch()),
@@ -480,18 +531,10 @@ impl Extractor {
                 .service_name()
                 .map_or(Cell::Null, |s| Cell::Text(s.to_owned())),
         );
-        let rest: serde_json::Map<String, Value> = record
-            .attributes()
-            .iter()
-            .filter(|kv| !mapping.consumed.contains(&kv.key))
-            .map(|kv| {
-                (
-                    kv.key.clone(),
-                    kv.value.as_ref().map_or(Value::Null, any_to_json),
-                )
-            })
-            .collect();
-        row.push(Cell::Json(Value::Object(rest)));
+        row.push(json_cell(&AttributesJson {
+            attributes: record.attributes(),
+            skip: &mapping.consumed,
+        }));
         for column in &mapping.columns {
             let raw = column
                 .sources
@@ -538,4 +581,76 @@ fn selects(mapping: &Mapping, record: &Record<'_>) -> bool {
             _ => false,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
+
+    fn any(value: any_value::Value) -> AnyValue {
+        AnyValue { value: Some(value) }
+    }
+
+    fn kv(key: &str, value: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(any(value)),
+        }
+    }
+
+    fn parsed(cell: Cell) -> Value {
+        let Cell::Json(text) = cell else {
+            panic!("not JSON: {cell:?}")
+        };
+        serde_json::from_str(&text).expect("valid JSON")
+    }
+
+    #[test]
+    fn json_cells_render_like_any_to_json() {
+        use any_value::Value as V;
+        let nested = any(V::KvlistValue(KeyValueList {
+            values: vec![
+                kv("s", V::StringValue("a \"quoted\" \u{1F600}".into())),
+                kv("nan", V::DoubleValue(f64::NAN)),
+                kv("inf", V::DoubleValue(f64::INFINITY)),
+                kv("d", V::DoubleValue(1.5)),
+                kv("i", V::IntValue(-7)),
+                kv("b", V::BoolValue(true)),
+                kv("bytes", V::BytesValue(vec![0, 255, 16])),
+                kv(
+                    "array",
+                    V::ArrayValue(ArrayValue {
+                        values: vec![any(V::IntValue(1)), AnyValue { value: None }],
+                    }),
+                ),
+                KeyValue {
+                    key: "empty".into(),
+                    value: None,
+                },
+            ],
+        }));
+        assert_eq!(parsed(json_cell(&AnyJson(&nested))), any_to_json(&nested));
+    }
+
+    #[test]
+    fn attribute_json_skips_consumed_keys_and_keeps_the_last_duplicate() {
+        use any_value::Value as V;
+        let attributes = vec![
+            kv("frame.id", V::IntValue(1)),
+            kv("camera", V::StringValue("a".into())),
+            kv("camera", V::StringValue("b".into())),
+            kv("score", V::DoubleValue(0.5)),
+        ];
+        let skip = BTreeSet::from(["frame.id".to_string()]);
+        let cell = json_cell(&AttributesJson {
+            attributes: &attributes,
+            skip: &skip,
+        });
+        // serde_json keeps the last of repeated keys when parsing, as jsonb does.
+        assert_eq!(
+            parsed(cell),
+            serde_json::json!({ "camera": "b", "score": 0.5 })
+        );
+    }
 }

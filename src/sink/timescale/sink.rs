@@ -293,7 +293,7 @@ impl TimescaleSink {
                             Cell::Timestamp(now_nanos()),
                             Cell::Text(rejected.table),
                             Cell::Text(rejected.reason),
-                            Cell::Json(rejected.record),
+                            Cell::json(&rejected.record),
                         ]
                     }).collect();
                     if !rejected.is_empty() {
@@ -619,7 +619,7 @@ impl Writer {
                         Cell::Timestamp(now_nanos()),
                         Cell::Text(target.table.clone()),
                         Cell::Text(message),
-                        Cell::Json(serde_json::json!({ "row": record })),
+                        Cell::json(&serde_json::json!({ "row": record })),
                     ]];
                     match self
                         .write_batch(&self.rejected, &target.table, &rejected, range)

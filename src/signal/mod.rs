@@ -2,6 +2,9 @@
 //! HTTP path, how to validate a request body and how many items (spans, data points, log
 //! records) it carries. Everything else in the crate is written once, generic over [`Signal`].
 
+mod wire;
+pub use wire::WireError;
+
 use std::fmt;
 
 use bytes::Bytes;
@@ -28,7 +31,7 @@ pub enum DecodeError {
     #[error("invalid OTLP protobuf for {signal}: {source}")]
     Protobuf {
         signal: Signal,
-        source: prost::DecodeError,
+        source: wire::WireError,
     },
     #[error("invalid OTLP/JSON for {signal}: {source}")]
     Json {
@@ -86,17 +89,29 @@ impl Signal {
         }
     }
 
-    /// Validates a protobuf `Export*ServiceRequest` body and counts its items.
+    /// Validates a protobuf `Export*ServiceRequest` body and counts its items, without
+    /// decoding it (see [`wire`]): it accepts what `prost` would decode.
     pub fn count_protobuf(self, body: &[u8]) -> Result<u64, DecodeError> {
-        let counted = match self {
-            Signal::Traces => count::<ExportTraceServiceRequest>(body),
-            Signal::Metrics => count::<ExportMetricsServiceRequest>(body),
-            Signal::Logs => count::<ExportLogsServiceRequest>(body),
+        let message = match self {
+            Signal::Traces => wire::Msg::ExportTraces,
+            Signal::Metrics => wire::Msg::ExportMetrics,
+            Signal::Logs => wire::Msg::ExportLogs,
         };
-        counted.map_err(|source| DecodeError::Protobuf {
+        wire::validate(message, body).map_err(|source| DecodeError::Protobuf {
             signal: self,
             source,
         })
+    }
+
+    /// Decodes a protobuf body with `prost` and counts its items: what
+    /// [`Signal::count_protobuf`] must agree with.
+    #[cfg(test)]
+    fn count_decoded(self, body: &[u8]) -> Result<u64, prost::DecodeError> {
+        match self {
+            Signal::Traces => count::<ExportTraceServiceRequest>(body),
+            Signal::Metrics => count::<ExportMetricsServiceRequest>(body),
+            Signal::Logs => count::<ExportLogsServiceRequest>(body),
+        }
     }
 
     /// Parses an OTLP/JSON body and returns it as protobuf, with its item count. Protobuf is
@@ -120,6 +135,7 @@ trait ExportRequest: Message + Default + serde::de::DeserializeOwned {
     fn items(&self) -> u64;
 }
 
+#[cfg(test)]
 fn count<R: ExportRequest>(body: &[u8]) -> Result<u64, prost::DecodeError> {
     Ok(R::decode(body)?.items())
 }

@@ -1,0 +1,730 @@
+//! Validation of OTLP protobuf requests without decoding them into owned structs.
+//!
+//! The receiver must reject every body that `prost` would refuse to decode (the log and the
+//! backends only ever see valid requests), and must count its items, but it does not need
+//! the decoded request: the bytes are what it forwards. Decoding with `prost` allocates every
+//! string, id and attribute list and frees them again, which was the largest per-span cost of
+//! forwarding. This walks the wire format against a table of the OTLP messages instead and
+//! applies the same rules as `prost` 0.14's generated decoders:
+//!
+//! - keys: a varint of at most 32 bits, field number >= 1, wire type 0-5;
+//! - varints of at most 10 bytes, the tenth byte < 2;
+//! - a known field with the wrong wire type is an error, except that repeated scalar fields
+//!   accept both the packed and the unpacked form;
+//! - `string` fields must be UTF-8; `bytes` fields are not checked;
+//! - every length must fit its enclosing message, and packed elements must fill their length;
+//! - unknown fields are skipped (groups included, matched by field number), which is also
+//!   limited by the nesting depth;
+//! - nesting deeper than `prost`'s limit of 100 messages is an error.
+//!
+//! Items are counted like the decoded request's `items()`: spans, log records, or metric
+//! data points, where a metric's `data` oneof keeps only its last variant (a repeat of the
+//! same variant merges into it, as in `prost`).
+//! `tests` compares both on mutated real requests.
+
+use std::fmt;
+
+/// `prost`'s recursion limit.
+const DEPTH_LIMIT: u32 = 100;
+
+/// Why a body is not a valid OTLP request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError {
+    /// Where: message and field names from the outermost inwards.
+    path: Vec<&'static str>,
+    reason: &'static str,
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The innermost field was pushed first.
+        for (i, part) in self.path.iter().rev().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            f.write_str(part)?;
+        }
+        if !self.path.is_empty() {
+            f.write_str(": ")?;
+        }
+        f.write_str(self.reason)
+    }
+}
+
+impl std::error::Error for WireError {}
+
+fn fail<T>(reason: &'static str) -> Result<T, WireError> {
+    Err(WireError {
+        path: Vec::new(),
+        reason,
+    })
+}
+
+/// The messages of the three `Export*ServiceRequest`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Msg {
+    ExportTraces,
+    ResourceSpans,
+    ScopeSpans,
+    Span,
+    Event,
+    Link,
+    Status,
+    ExportLogs,
+    ResourceLogs,
+    ScopeLogs,
+    LogRecord,
+    ExportMetrics,
+    ResourceMetrics,
+    ScopeMetrics,
+    Metric,
+    Gauge,
+    Sum,
+    Histogram,
+    ExponentialHistogram,
+    Summary,
+    NumberDataPoint,
+    HistogramDataPoint,
+    ExponentialHistogramDataPoint,
+    Buckets,
+    SummaryDataPoint,
+    ValueAtQuantile,
+    Exemplar,
+    Resource,
+    EntityRef,
+    InstrumentationScope,
+    KeyValue,
+    AnyValue,
+    ArrayValue,
+    KeyValueList,
+}
+
+/// What a field holds, as far as validation cares.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// int32/int64/uint32/uint64/sint32/bool/enum, not repeated.
+    Varint,
+    Fixed32,
+    /// fixed64, sfixed64, double.
+    Fixed64,
+    /// `repeated uint64` (packed or not).
+    RepeatedVarint,
+    /// `repeated fixed64` / `repeated double` (packed or not).
+    RepeatedFixed64,
+    Str,
+    Bytes,
+    /// A message; `counted`: each occurrence is one item of the request.
+    Message {
+        msg: Msg,
+        counted: bool,
+    },
+}
+
+const fn message(msg: Msg) -> Kind {
+    Kind::Message {
+        msg,
+        counted: false,
+    }
+}
+
+const fn item(msg: Msg) -> Kind {
+    Kind::Message { msg, counted: true }
+}
+
+/// The field table: (name, kind) of field `tag` of `msg`, from opentelemetry-proto's
+/// generated types (OTLP 1.7).
+fn field(msg: Msg, tag: u32) -> Option<(&'static str, Kind)> {
+    use Kind::*;
+    use Msg as M;
+    Some(match (msg, tag) {
+        (M::ExportTraces, 1) => ("resource_spans", message(M::ResourceSpans)),
+        (M::ResourceSpans, 1) => ("resource", message(M::Resource)),
+        (M::ResourceSpans, 2) => ("scope_spans", message(M::ScopeSpans)),
+        (M::ResourceSpans, 3) => ("schema_url", Str),
+        (M::ScopeSpans, 1) => ("scope", message(M::InstrumentationScope)),
+        (M::ScopeSpans, 2) => ("spans", item(M::Span)),
+        (M::ScopeSpans, 3) => ("schema_url", Str),
+        (M::Span, 1) => ("trace_id", Bytes),
+        (M::Span, 2) => ("span_id", Bytes),
+        (M::Span, 3) => ("trace_state", Str),
+        (M::Span, 4) => ("parent_span_id", Bytes),
+        (M::Span, 5) => ("name", Str),
+        (M::Span, 6) => ("kind", Varint),
+        (M::Span, 7) => ("start_time_unix_nano", Fixed64),
+        (M::Span, 8) => ("end_time_unix_nano", Fixed64),
+        (M::Span, 9) => ("attributes", message(M::KeyValue)),
+        (M::Span, 10) => ("dropped_attributes_count", Varint),
+        (M::Span, 11) => ("events", message(M::Event)),
+        (M::Span, 12) => ("dropped_events_count", Varint),
+        (M::Span, 13) => ("links", message(M::Link)),
+        (M::Span, 14) => ("dropped_links_count", Varint),
+        (M::Span, 15) => ("status", message(M::Status)),
+        (M::Span, 16) => ("flags", Fixed32),
+        (M::Event, 1) => ("time_unix_nano", Fixed64),
+        (M::Event, 2) => ("name", Str),
+        (M::Event, 3) => ("attributes", message(M::KeyValue)),
+        (M::Event, 4) => ("dropped_attributes_count", Varint),
+        (M::Link, 1) => ("trace_id", Bytes),
+        (M::Link, 2) => ("span_id", Bytes),
+        (M::Link, 3) => ("trace_state", Str),
+        (M::Link, 4) => ("attributes", message(M::KeyValue)),
+        (M::Link, 5) => ("dropped_attributes_count", Varint),
+        (M::Link, 6) => ("flags", Fixed32),
+        (M::Status, 2) => ("message", Str),
+        (M::Status, 3) => ("code", Varint),
+
+        (M::ExportLogs, 1) => ("resource_logs", message(M::ResourceLogs)),
+        (M::ResourceLogs, 1) => ("resource", message(M::Resource)),
+        (M::ResourceLogs, 2) => ("scope_logs", message(M::ScopeLogs)),
+        (M::ResourceLogs, 3) => ("schema_url", Str),
+        (M::ScopeLogs, 1) => ("scope", message(M::InstrumentationScope)),
+        (M::ScopeLogs, 2) => ("log_records", item(M::LogRecord)),
+        (M::ScopeLogs, 3) => ("schema_url", Str),
+        (M::LogRecord, 1) => ("time_unix_nano", Fixed64),
+        (M::LogRecord, 2) => ("severity_number", Varint),
+        (M::LogRecord, 3) => ("severity_text", Str),
+        (M::LogRecord, 5) => ("body", message(M::AnyValue)),
+        (M::LogRecord, 6) => ("attributes", message(M::KeyValue)),
+        (M::LogRecord, 7) => ("dropped_attributes_count", Varint),
+        (M::LogRecord, 8) => ("flags", Fixed32),
+        (M::LogRecord, 9) => ("trace_id", Bytes),
+        (M::LogRecord, 10) => ("span_id", Bytes),
+        (M::LogRecord, 11) => ("observed_time_unix_nano", Fixed64),
+        (M::LogRecord, 12) => ("event_name", Str),
+
+        (M::ExportMetrics, 1) => ("resource_metrics", message(M::ResourceMetrics)),
+        (M::ResourceMetrics, 1) => ("resource", message(M::Resource)),
+        (M::ResourceMetrics, 2) => ("scope_metrics", message(M::ScopeMetrics)),
+        (M::ResourceMetrics, 3) => ("schema_url", Str),
+        (M::ScopeMetrics, 1) => ("scope", message(M::InstrumentationScope)),
+        (M::ScopeMetrics, 2) => ("metrics", message(M::Metric)),
+        (M::ScopeMetrics, 3) => ("schema_url", Str),
+        (M::Metric, 1) => ("name", Str),
+        (M::Metric, 2) => ("description", Str),
+        (M::Metric, 3) => ("unit", Str),
+        (M::Metric, 5) => ("gauge", message(M::Gauge)),
+        (M::Metric, 7) => ("sum", message(M::Sum)),
+        (M::Metric, 9) => ("histogram", message(M::Histogram)),
+        (M::Metric, 10) => ("exponential_histogram", message(M::ExponentialHistogram)),
+        (M::Metric, 11) => ("summary", message(M::Summary)),
+        (M::Metric, 12) => ("metadata", message(M::KeyValue)),
+        (M::Gauge, 1) => ("data_points", item(M::NumberDataPoint)),
+        (M::Sum, 1) => ("data_points", item(M::NumberDataPoint)),
+        (M::Sum, 2) => ("aggregation_temporality", Varint),
+        (M::Sum, 3) => ("is_monotonic", Varint),
+        (M::Histogram, 1) => ("data_points", item(M::HistogramDataPoint)),
+        (M::Histogram, 2) => ("aggregation_temporality", Varint),
+        (M::ExponentialHistogram, 1) => ("data_points", item(M::ExponentialHistogramDataPoint)),
+        (M::ExponentialHistogram, 2) => ("aggregation_temporality", Varint),
+        (M::Summary, 1) => ("data_points", item(M::SummaryDataPoint)),
+        (M::NumberDataPoint, 2) => ("start_time_unix_nano", Fixed64),
+        (M::NumberDataPoint, 3) => ("time_unix_nano", Fixed64),
+        (M::NumberDataPoint, 4) => ("as_double", Fixed64),
+        (M::NumberDataPoint, 5) => ("exemplars", message(M::Exemplar)),
+        (M::NumberDataPoint, 6) => ("as_int", Fixed64),
+        (M::NumberDataPoint, 7) => ("attributes", message(M::KeyValue)),
+        (M::NumberDataPoint, 8) => ("flags", Varint),
+        (M::HistogramDataPoint, 2) => ("start_time_unix_nano", Fixed64),
+        (M::HistogramDataPoint, 3) => ("time_unix_nano", Fixed64),
+        (M::HistogramDataPoint, 4) => ("count", Fixed64),
+        (M::HistogramDataPoint, 5) => ("sum", Fixed64),
+        (M::HistogramDataPoint, 6) => ("bucket_counts", RepeatedFixed64),
+        (M::HistogramDataPoint, 7) => ("explicit_bounds", RepeatedFixed64),
+        (M::HistogramDataPoint, 8) => ("exemplars", message(M::Exemplar)),
+        (M::HistogramDataPoint, 9) => ("attributes", message(M::KeyValue)),
+        (M::HistogramDataPoint, 10) => ("flags", Varint),
+        (M::HistogramDataPoint, 11) => ("min", Fixed64),
+        (M::HistogramDataPoint, 12) => ("max", Fixed64),
+        (M::ExponentialHistogramDataPoint, 1) => ("attributes", message(M::KeyValue)),
+        (M::ExponentialHistogramDataPoint, 2) => ("start_time_unix_nano", Fixed64),
+        (M::ExponentialHistogramDataPoint, 3) => ("time_unix_nano", Fixed64),
+        (M::ExponentialHistogramDataPoint, 4) => ("count", Fixed64),
+        (M::ExponentialHistogramDataPoint, 5) => ("sum", Fixed64),
+        (M::ExponentialHistogramDataPoint, 6) => ("scale", Varint),
+        (M::ExponentialHistogramDataPoint, 7) => ("zero_count", Fixed64),
+        (M::ExponentialHistogramDataPoint, 8) => ("positive", message(M::Buckets)),
+        (M::ExponentialHistogramDataPoint, 9) => ("negative", message(M::Buckets)),
+        (M::ExponentialHistogramDataPoint, 10) => ("flags", Varint),
+        (M::ExponentialHistogramDataPoint, 11) => ("exemplars", message(M::Exemplar)),
+        (M::ExponentialHistogramDataPoint, 12) => ("min", Fixed64),
+        (M::ExponentialHistogramDataPoint, 13) => ("max", Fixed64),
+        (M::ExponentialHistogramDataPoint, 14) => ("zero_threshold", Fixed64),
+        (M::Buckets, 1) => ("offset", Varint),
+        (M::Buckets, 2) => ("bucket_counts", RepeatedVarint),
+        (M::SummaryDataPoint, 2) => ("start_time_unix_nano", Fixed64),
+        (M::SummaryDataPoint, 3) => ("time_unix_nano", Fixed64),
+        (M::SummaryDataPoint, 4) => ("count", Fixed64),
+        (M::SummaryDataPoint, 5) => ("sum", Fixed64),
+        (M::SummaryDataPoint, 6) => ("quantile_values", message(M::ValueAtQuantile)),
+        (M::SummaryDataPoint, 7) => ("attributes", message(M::KeyValue)),
+        (M::SummaryDataPoint, 8) => ("flags", Varint),
+        (M::ValueAtQuantile, 1) => ("quantile", Fixed64),
+        (M::ValueAtQuantile, 2) => ("value", Fixed64),
+        (M::Exemplar, 2) => ("time_unix_nano", Fixed64),
+        (M::Exemplar, 3) => ("as_double", Fixed64),
+        (M::Exemplar, 4) => ("span_id", Bytes),
+        (M::Exemplar, 5) => ("trace_id", Bytes),
+        (M::Exemplar, 6) => ("as_int", Fixed64),
+        (M::Exemplar, 7) => ("filtered_attributes", message(M::KeyValue)),
+
+        (M::Resource, 1) => ("attributes", message(M::KeyValue)),
+        (M::Resource, 2) => ("dropped_attributes_count", Varint),
+        (M::Resource, 3) => ("entity_refs", message(M::EntityRef)),
+        (M::EntityRef, 1) => ("schema_url", Str),
+        (M::EntityRef, 2) => ("type", Str),
+        (M::EntityRef, 3) => ("id_keys", Str),
+        (M::EntityRef, 4) => ("description_keys", Str),
+        (M::InstrumentationScope, 1) => ("name", Str),
+        (M::InstrumentationScope, 2) => ("version", Str),
+        (M::InstrumentationScope, 3) => ("attributes", message(M::KeyValue)),
+        (M::InstrumentationScope, 4) => ("dropped_attributes_count", Varint),
+        (M::KeyValue, 1) => ("key", Str),
+        (M::KeyValue, 2) => ("value", message(M::AnyValue)),
+        (M::AnyValue, 1) => ("string_value", Str),
+        (M::AnyValue, 2) => ("bool_value", Varint),
+        (M::AnyValue, 3) => ("int_value", Varint),
+        (M::AnyValue, 4) => ("double_value", Fixed64),
+        (M::AnyValue, 5) => ("array_value", message(M::ArrayValue)),
+        (M::AnyValue, 6) => ("kvlist_value", message(M::KeyValueList)),
+        (M::AnyValue, 7) => ("bytes_value", Bytes),
+        (M::ArrayValue, 1) => ("values", message(M::AnyValue)),
+        (M::KeyValueList, 1) => ("values", message(M::KeyValue)),
+        _ => return None,
+    })
+}
+
+fn name(msg: Msg) -> &'static str {
+    match msg {
+        Msg::ExportTraces => "ExportTraceServiceRequest",
+        Msg::ExportLogs => "ExportLogsServiceRequest",
+        Msg::ExportMetrics => "ExportMetricsServiceRequest",
+        _ => "",
+    }
+}
+
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const START_GROUP: u8 = 3;
+const END_GROUP: u8 = 4;
+const FIXED32: u8 = 5;
+
+/// A cursor over one message's bytes.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Result<u64, WireError> {
+        let mut value = 0u64;
+        for (i, &byte) in self.buf.iter().take(10).enumerate() {
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                if i == 9 && byte >= 2 {
+                    break;
+                }
+                self.buf = &self.buf[i + 1..];
+                return Ok(value);
+            }
+        }
+        fail("invalid varint")
+    }
+
+    fn key(&mut self) -> Result<(u32, u8), WireError> {
+        let key = self.varint()?;
+        if key > u64::from(u32::MAX) {
+            return fail("invalid key value");
+        }
+        let wire_type = (key & 7) as u8;
+        if wire_type > FIXED32 {
+            return fail("invalid wire type value");
+        }
+        let tag = (key >> 3) as u32;
+        if tag == 0 {
+            return fail("invalid tag value: 0");
+        }
+        Ok((tag, wire_type))
+    }
+
+    fn take(&mut self, len: u64) -> Result<&'a [u8], WireError> {
+        if len > self.buf.len() as u64 {
+            return fail("buffer underflow");
+        }
+        let (head, tail) = self.buf.split_at(len as usize);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    fn delimited(&mut self) -> Result<&'a [u8], WireError> {
+        let len = self.varint()?;
+        self.take(len)
+    }
+
+    /// Skips an unknown field, as `prost::encoding::skip_field` does.
+    fn skip(&mut self, wire_type: u8, tag: u32, depth: u32) -> Result<(), WireError> {
+        if depth == 0 {
+            return fail("recursion limit reached");
+        }
+        match wire_type {
+            VARINT => self.varint().map(drop),
+            FIXED64 => self.take(8).map(drop),
+            FIXED32 => self.take(4).map(drop),
+            LEN => self.delimited().map(drop),
+            START_GROUP => loop {
+                let (inner_tag, inner_type) = self.key()?;
+                if inner_type == END_GROUP {
+                    if inner_tag != tag {
+                        return fail("unexpected end group tag");
+                    }
+                    return Ok(());
+                }
+                self.skip(inner_type, inner_tag, depth - 1)?;
+            },
+            _ => fail("unexpected end group tag"),
+        }
+    }
+}
+
+/// Validates `body` as the top-level message `msg` and returns its item count.
+pub fn validate(msg: Msg, body: &[u8]) -> Result<u64, WireError> {
+    walk(msg, body, DEPTH_LIMIT).map_err(|mut e| {
+        e.path.push(name(msg));
+        e
+    })
+}
+
+/// Validates one message's fields (`depth`: how many more levels may nest below it).
+fn walk(msg: Msg, body: &[u8], depth: u32) -> Result<u64, WireError> {
+    let mut reader = Reader { buf: body };
+    let mut items = 0u64;
+    // Metric.data: the variant seen last and its data points.
+    let mut data: Option<(u32, u64)> = None;
+    while !reader.buf.is_empty() {
+        let (tag, wire_type) = reader.key()?;
+        let Some((field_name, kind)) = field(msg, tag) else {
+            reader.skip(wire_type, tag, depth)?;
+            continue;
+        };
+        let at = |mut e: WireError| {
+            e.path.push(field_name);
+            e
+        };
+        let expect = |expected: u8| {
+            if wire_type == expected {
+                Ok(())
+            } else {
+                fail("invalid wire type").map_err(at)
+            }
+        };
+        match kind {
+            Kind::Varint => {
+                expect(VARINT)?;
+                reader.varint().map_err(at)?;
+            }
+            Kind::Fixed32 => {
+                expect(FIXED32)?;
+                reader.take(4).map_err(at)?;
+            }
+            Kind::Fixed64 => {
+                expect(FIXED64)?;
+                reader.take(8).map_err(at)?;
+            }
+            Kind::Bytes => {
+                expect(LEN)?;
+                reader.delimited().map_err(at)?;
+            }
+            Kind::Str => {
+                expect(LEN)?;
+                let bytes = reader.delimited().map_err(at)?;
+                if std::str::from_utf8(bytes).is_err() {
+                    return fail("invalid string value: data is not UTF-8 encoded").map_err(at);
+                }
+            }
+            Kind::RepeatedVarint if wire_type == LEN => {
+                let mut packed = Reader {
+                    buf: reader.delimited().map_err(at)?,
+                };
+                while !packed.buf.is_empty() {
+                    packed.varint().map_err(at)?;
+                }
+            }
+            Kind::RepeatedVarint => {
+                expect(VARINT)?;
+                reader.varint().map_err(at)?;
+            }
+            Kind::RepeatedFixed64 if wire_type == LEN => {
+                let packed = reader.delimited().map_err(at)?;
+                if packed.len() % 8 != 0 {
+                    return fail("packed fixed64 values do not fill their length").map_err(at);
+                }
+            }
+            Kind::RepeatedFixed64 => {
+                expect(FIXED64)?;
+                reader.take(8).map_err(at)?;
+            }
+            Kind::Message {
+                msg: child,
+                counted,
+            } => {
+                expect(LEN)?;
+                if depth == 0 {
+                    return fail("recursion limit reached").map_err(at);
+                }
+                let bytes = reader.delimited().map_err(at)?;
+                let inner = walk(child, bytes, depth - 1).map_err(at)?;
+                if counted {
+                    items += 1;
+                } else if msg == Msg::Metric && matches!(tag, 5 | 7 | 9 | 10 | 11) {
+                    data = match data {
+                        Some((variant, points)) if variant == tag => Some((tag, points + inner)),
+                        _ => Some((tag, inner)),
+                    };
+                } else {
+                    items += inner;
+                }
+            }
+        }
+    }
+    Ok(items + data.map_or(0, |(_, points)| points))
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    use crate::demo::generator::TelemetryGenerator;
+    use crate::Signal;
+
+    /// Valid requests of every signal: generated ones and real SDK payloads.
+    fn corpus() -> Vec<(Signal, Vec<u8>)> {
+        let mut generator = TelemetryGenerator::new(7);
+        let mut corpus = vec![
+            (Signal::Traces, generator.traces(4).0.encode_to_vec()),
+            (Signal::Logs, generator.logs(5).0.encode_to_vec()),
+            (Signal::Metrics, generator.metrics().0.encode_to_vec()),
+        ];
+        let fixtures = [
+            (
+                Signal::Traces,
+                &include_bytes!(
+                    "../../tests/fixtures/otlp-sdk-payloads/traces_frames_detections_genai.pb"
+                )[..],
+            ),
+            (
+                Signal::Logs,
+                &include_bytes!("../../tests/fixtures/otlp-sdk-payloads/logs.pb")[..],
+            ),
+            (
+                Signal::Metrics,
+                &include_bytes!("../../tests/fixtures/otlp-sdk-payloads/metrics.pb")[..],
+            ),
+        ];
+        corpus.extend(fixtures.iter().map(|(s, b)| (*s, b.to_vec())));
+        corpus
+    }
+
+    /// Mutations per corpus entry; `OTELGATE_WIRE_MUTATIONS` raises it for a longer search.
+    fn mutations() -> usize {
+        std::env::var("OTELGATE_WIRE_MUTATIONS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1500)
+    }
+
+    fn agree(signal: Signal, body: &[u8]) {
+        let walked = signal.count_protobuf(body).map_err(|e| e.to_string());
+        let decoded = signal.count_decoded(body).map_err(|e| e.to_string());
+        match (&walked, &decoded) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{signal} item count of {body:02x?}"),
+            (Err(_), Err(_)) => {}
+            _ => panic!("{signal}: validation {walked:?} but prost {decoded:?} for {body:02x?}"),
+        }
+    }
+
+    #[test]
+    fn valid_requests_are_accepted_with_the_decoded_count() {
+        for (signal, body) in corpus() {
+            let count = signal.count_protobuf(&body).expect("valid request");
+            assert!(count > 0, "{signal}: empty corpus entry");
+            assert_eq!(count, signal.count_decoded(&body).unwrap());
+        }
+    }
+
+    /// Random damage to real requests: flipped bits, random bytes, cuts, inserted and
+    /// repeated spans of bytes. Whatever prost decodes must be accepted with the same count,
+    /// and whatever it refuses must be refused.
+    #[test]
+    fn agrees_with_prost_on_damaged_requests() {
+        let mut rng = SmallRng::seed_from_u64(0x07e1_6a7e);
+        let mut accepted = 0;
+        let mut refused = 0;
+        for (signal, body) in corpus() {
+            for _ in 0..mutations() {
+                let mut damaged = body.clone();
+                for _ in 0..rng.random_range(1..4) {
+                    let at = rng.random_range(0..damaged.len());
+                    match rng.random_range(0..6) {
+                        0 => damaged[at] ^= 1 << rng.random_range(0..8),
+                        1 => damaged[at] = rng.random(),
+                        2 => damaged.truncate(at),
+                        3 => {
+                            let len = rng.random_range(1..8);
+                            let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                            damaged.splice(at..at, bytes);
+                        }
+                        4 => {
+                            let end = (at + rng.random_range(1..64)).min(damaged.len());
+                            let copy = damaged[at..end].to_vec();
+                            damaged.splice(at..at, copy);
+                        }
+                        _ => damaged[at] = [0x00, 0x7f, 0x80, 0xff, 0x08, 0x0a][at % 6],
+                    }
+                    if damaged.is_empty() {
+                        break;
+                    }
+                }
+                agree(signal, &damaged);
+                match signal.count_decoded(&damaged) {
+                    Ok(_) => accepted += 1,
+                    Err(_) => refused += 1,
+                }
+            }
+        }
+        // Both outcomes must be exercised, or the comparison proves little.
+        assert!(
+            accepted > 500 && refused > 500,
+            "{accepted} accepted, {refused} refused"
+        );
+    }
+
+    /// Edge cases of the wire format, each compared with prost.
+    #[test]
+    fn agrees_with_prost_on_wire_format_edges() {
+        fn key(tag: u32, wire_type: u8) -> Vec<u8> {
+            let mut out = Vec::new();
+            prost::encoding::encode_varint(u64::from(tag << 3 | u32::from(wire_type)), &mut out);
+            out
+        }
+        fn len_field(tag: u32, body: &[u8]) -> Vec<u8> {
+            let mut out = key(tag, 2);
+            prost::encoding::encode_varint(body.len() as u64, &mut out);
+            out.extend_from_slice(body);
+            out
+        }
+        // ExportTraceServiceRequest > ResourceSpans > ScopeSpans > Span with `span` bytes.
+        let traces = |span: &[u8]| len_field(1, &len_field(2, &len_field(2, span)));
+        // A log record whose body is an AnyValue nested `depth` array levels deep.
+        let nested_body = |depth: usize| {
+            let mut value = len_field(1, b"leaf");
+            for _ in 0..depth {
+                value = len_field(5, &len_field(1, &value));
+            }
+            len_field(1, &len_field(2, &len_field(2, &len_field(5, &value))))
+        };
+        let mut cases: Vec<(Signal, Vec<u8>)> = vec![
+            (Signal::Traces, vec![]),
+            (Signal::Traces, traces(&[])),
+            (Signal::Traces, traces(&len_field(5, b"ok"))),
+            (Signal::Traces, traces(&len_field(5, &[0xff, 0xfe]))),
+            (Signal::Traces, traces(&len_field(1, &[0xff, 0xfe]))),
+            (Signal::Traces, traces(&[key(5, 0), vec![1]].concat())),
+            (Signal::Traces, traces(&[key(7, 1), vec![0; 8]].concat())),
+            (Signal::Traces, traces(&[key(7, 1), vec![0; 7]].concat())),
+            (Signal::Traces, traces(&[key(16, 5), vec![0; 4]].concat())),
+            (Signal::Traces, traces(&[key(16, 1), vec![0; 8]].concat())),
+            (
+                Signal::Traces,
+                traces(&[key(99, 0), vec![0x80, 0x01]].concat()),
+            ),
+            (
+                Signal::Traces,
+                traces(&[key(99, 3), key(1, 0), vec![5], key(99, 4)].concat()),
+            ),
+            (
+                Signal::Traces,
+                traces(&[key(99, 3), key(1, 0), vec![5], key(98, 4)].concat()),
+            ),
+            (Signal::Traces, traces(&key(99, 4))),
+            (Signal::Traces, traces(&[0x00, 0x01])),
+            (Signal::Traces, traces(&[0x0f])),
+            (
+                Signal::Traces,
+                traces(&[
+                    0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+                ]),
+            ),
+            (
+                Signal::Traces,
+                traces(&[
+                    0x30, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+                ]),
+            ),
+            (
+                Signal::Traces,
+                traces(&[
+                    0x30, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+                ]),
+            ),
+            (
+                Signal::Traces,
+                traces(&[0xf8, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x00]),
+            ),
+            (Signal::Logs, nested_body(40)),
+            (Signal::Logs, nested_body(48)),
+            (Signal::Logs, nested_body(49)),
+            (Signal::Logs, nested_body(60)),
+        ];
+        // Metrics: packed and unpacked repeated fields, and the `data` oneof.
+        let point = |body: &[u8]| len_field(1, body);
+        let metric = |fields: &[u8]| len_field(1, &len_field(2, &len_field(2, fields)));
+        let histogram_point = |fields: &[u8]| len_field(9, &point(fields));
+        for fields in [
+            histogram_point(&len_field(6, &[0; 16])),
+            histogram_point(&len_field(6, &[0; 12])),
+            histogram_point(&[key(7, 1), vec![0; 8], key(7, 1), vec![0; 8]].concat()),
+            histogram_point(&[key(6, 0), vec![3]].concat()),
+            len_field(
+                10,
+                &point(&len_field(8, &len_field(2, &[1, 0x80, 0x01, 3]))),
+            ),
+            len_field(10, &point(&len_field(8, &len_field(2, &[1, 0x80])))),
+            len_field(10, &point(&len_field(8, &[key(2, 0), vec![7]].concat()))),
+            [
+                len_field(5, &[point(&[]), point(&[])].concat()),
+                len_field(7, &point(&[])),
+            ]
+            .concat(),
+            [len_field(5, &point(&[])), len_field(5, &point(&[]))].concat(),
+            [
+                len_field(5, &point(&[])),
+                len_field(7, &[]),
+                len_field(5, &[point(&[]), point(&[])].concat()),
+            ]
+            .concat(),
+            [
+                len_field(11, &point(&[])),
+                len_field(12, &len_field(1, b"k")),
+            ]
+            .concat(),
+        ] {
+            cases.push((Signal::Metrics, metric(&fields)));
+        }
+        for (signal, body) in &cases {
+            agree(*signal, body);
+        }
+        // The depth limit is reached between these two.
+        assert!(Signal::Logs.count_protobuf(&nested_body(40)).is_ok());
+        assert!(Signal::Logs.count_protobuf(&nested_body(60)).is_err());
+        let refused = cases
+            .iter()
+            .filter(|(signal, body)| signal.count_protobuf(body).is_err())
+            .count();
+        assert!(
+            refused > 10 && refused < cases.len() - 10,
+            "{refused} of {}",
+            cases.len()
+        );
+    }
+}
