@@ -47,7 +47,8 @@ fn kv(key: &str, value: any_value::Value) -> KeyValue {
     }
 }
 
-fn now_nanos() -> u64 {
+/// Nanoseconds since the Unix epoch.
+pub fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -70,6 +71,12 @@ impl TelemetryGenerator {
             cameras: 8,
             run: None,
         }
+    }
+
+    /// Numbers the next frame `sequence + 1`.
+    pub fn with_sequence(mut self, sequence: i64) -> Self {
+        self.sequence = sequence;
+        self
     }
 
     /// Tags every frame span with `load.run = run` (kept in the rows' `attributes`).

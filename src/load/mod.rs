@@ -13,9 +13,12 @@ use bytes::Bytes;
 use prost::Message;
 use serde::Serialize;
 
+mod template;
+
 use crate::codec::BytesCodec;
-use crate::demo::generator::TelemetryGenerator;
+use crate::demo::generator::{now_nanos, TelemetryGenerator};
 use crate::Signal;
+use template::TraceTemplates;
 
 /// Options of `otelgate load`.
 #[derive(Debug, Clone, clap::Args)]
@@ -204,12 +207,18 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     // Interval between one connection's requests at the target rate.
     let interval = (args.rate > 0)
         .then(|| Duration::from_secs_f64(batch as f64 * connections as f64 / args.rate as f64));
+    let run_started = std::time::SystemTime::now();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
     let mut tasks = tokio::task::JoinSet::new();
     for connection in 0..connections {
         let mut client = Client::connect(&args.protocol, &endpoint).await?;
         let mut generator = TelemetryGenerator::new(connection as u64 + 1).with_run(&run_id);
+        // Trace requests come from templates (see `template`), built before the clock starts.
+        let mut templates = (signal == Signal::Traces).then(|| {
+            let generator = TelemetryGenerator::new(connection as u64 + 1).with_run(&run_id);
+            TraceTemplates::new(generator, batch, connection as u64 + 1)
+        });
         tasks.spawn(async move {
             let mut tally = ConnectionTally::default();
             let mut next = Instant::now();
@@ -225,8 +234,9 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
                 }
                 let (body, items, spans): (Bytes, u64, u64) = match signal {
                     Signal::Traces => {
-                        let (request, spans) = generator.traces(batch);
-                        (request.encode_to_vec().into(), batch as u64, spans)
+                        let templates = templates.as_mut().expect("built for traces");
+                        let (body, spans) = templates.next(now_nanos());
+                        (body, batch as u64, spans)
                     }
                     Signal::Logs => {
                         let (request, records) = generator.logs(batch);
@@ -270,7 +280,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     let seconds = started.elapsed().as_secs_f64();
     let database = match (&args.database_url, signal) {
         (Some(url), Signal::Traces) => {
-            Some(database_report(url, &run_id, total.items_acknowledged).await?)
+            Some(database_report(url, &run_id, total.items_acknowledged, run_started).await?)
         }
         _ => None,
     };
@@ -296,24 +306,40 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
 }
 
 /// Waits (up to 60 s) for this run's frame rows, then measures their commit latency.
-async fn database_report(url: &str, run_id: &str, frames: u64) -> anyhow::Result<DatabaseReport> {
+/// `since`: when the run started; only frames from then on are counted, so the time index
+/// limits each count to this run's rows. The count is a scan of those rows, so it is taken
+/// at growing intervals (0.25 s doubling to 4 s): polling a large backlog every 200 ms took
+/// a core from the PostgreSQL it was waiting for.
+async fn database_report(
+    url: &str,
+    run_id: &str,
+    frames: u64,
+    since: std::time::SystemTime,
+) -> anyhow::Result<DatabaseReport> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
-    let count_sql = "SELECT count(*) FROM frame_metadata WHERE attributes->>'load.run' = $1";
+    let since = since - Duration::from_secs(5);
+    let count_sql =
+        "SELECT count(*) FROM frame_metadata WHERE time >= $2 AND attributes->>'load.run' = $1";
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pause = Duration::from_millis(250);
     let mut found: i64;
     loop {
-        found = client.query_one(count_sql, &[&run_id]).await?.get(0);
+        found = client
+            .query_one(count_sql, &[&run_id, &since])
+            .await?
+            .get(0);
         if found as u64 >= frames || Instant::now() > deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+        pause = (pause * 2).min(Duration::from_secs(4));
     }
     let rows = client
         .query(
             "SELECT (extract(epoch FROM ingested_at - time) * 1000 - processing_ms)::float8
-             FROM frame_metadata WHERE attributes->>'load.run' = $1",
-            &[&run_id],
+             FROM frame_metadata WHERE time >= $2 AND attributes->>'load.run' = $1",
+            &[&run_id, &since],
         )
         .await?;
     let mut samples: Vec<Duration> = rows
