@@ -29,6 +29,16 @@ fn decode(c: &mut Criterion) {
     group.bench_function("protobuf_validate_and_count", |b| {
         b.iter(|| Signal::Traces.count_protobuf(&protobuf).expect("valid"))
     });
+    // What validation cost before the wire-format walker, and what the sink's extraction
+    // still pays to decode a request.
+    group.bench_function("protobuf_prost_decode", |b| {
+        b.iter(|| {
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+                &protobuf[..],
+            )
+            .expect("valid")
+        })
+    });
     group.bench_function("json_to_protobuf", |b| {
         b.iter(|| Signal::Traces.json_to_protobuf(&json).expect("valid"))
     });

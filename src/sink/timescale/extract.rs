@@ -5,18 +5,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::logs::v1::LogRecord;
-use opentelemetry_proto::tonic::trace::v1::{span, status, Span};
-use prost::Message;
+use opentelemetry_proto::tonic::trace::v1::{span, status};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
 use super::config::{LlmPrice, TimescaleSinkConfig};
 use super::copy::{hex, Cell};
 use super::mapping::{self, ColumnType, Field, Mapping, RecordKind, Source};
+use super::view::{self, AnyValue, Event, KeyValue, LogRecord, Span, Value as AnyKind, ViewError};
 use crate::Signal;
 
 /// A record that could not become a row.
@@ -51,14 +47,14 @@ pub struct Extractor {
 /// One record, with what its mappings may read around it.
 struct Record<'a> {
     kind: RecordKind,
-    resource: &'a [KeyValue],
+    resource: &'a [KeyValue<'a>],
     scope_name: &'a str,
-    span: Option<&'a Span>,
-    event: Option<&'a span::Event>,
-    log: Option<&'a LogRecord>,
+    span: Option<&'a Span<'a>>,
+    event: Option<&'a Event<'a>>,
+    log: Option<&'a LogRecord<'a>>,
 }
 
-fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
+fn find<'a, 'b>(attributes: &'a [KeyValue<'b>], key: &str) -> Option<&'a AnyValue<'b>> {
     attributes
         .iter()
         .find(|kv| kv.key == key)
@@ -67,7 +63,7 @@ fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
 }
 
 impl Record<'_> {
-    fn attributes(&self) -> &[KeyValue] {
+    fn attributes(&self) -> &[KeyValue<'_>] {
         match (self.kind, self.span, self.event, self.log) {
             (RecordKind::SpanEvent, _, Some(event), _) => &event.attributes,
             (RecordKind::Span, Some(span), _, _) => &span.attributes,
@@ -78,12 +74,12 @@ impl Record<'_> {
 
     fn name(&self) -> &str {
         match (self.kind, self.span, self.event, self.log) {
-            (RecordKind::SpanEvent, _, Some(event), _) => &event.name,
-            (RecordKind::Span, Some(span), _, _) => &span.name,
-            (RecordKind::Log, _, _, Some(log)) if !log.event_name.is_empty() => &log.event_name,
+            (RecordKind::SpanEvent, _, Some(event), _) => event.name,
+            (RecordKind::Span, Some(span), _, _) => span.name,
+            (RecordKind::Log, _, _, Some(log)) if !log.event_name.is_empty() => log.event_name,
             (RecordKind::Log, _, _, Some(log)) => match find(&log.attributes, "event.name") {
                 Some(AnyValue {
-                    value: Some(any_value::Value::StringValue(s)),
+                    value: Some(AnyKind::StringValue(s)),
                 }) => s,
                 _ => "",
             },
@@ -106,23 +102,23 @@ impl Record<'_> {
     fn trace_id(&self) -> Option<&[u8]> {
         let id = self
             .span
-            .map(|s| &s.trace_id[..])
-            .or(self.log.map(|l| &l.trace_id[..]))?;
+            .map(|s| s.trace_id)
+            .or(self.log.map(|l| l.trace_id))?;
         (!id.is_empty()).then_some(id)
     }
 
     fn span_id(&self) -> Option<&[u8]> {
         let id = self
             .span
-            .map(|s| &s.span_id[..])
-            .or(self.log.map(|l| &l.span_id[..]))?;
+            .map(|s| s.span_id)
+            .or(self.log.map(|l| l.span_id))?;
         (!id.is_empty()).then_some(id)
     }
 
     fn service_name(&self) -> Option<&str> {
         match find(self.resource, "service.name") {
             Some(AnyValue {
-                value: Some(any_value::Value::StringValue(s)),
+                value: Some(AnyKind::StringValue(s)),
             }) => Some(s),
             _ => None,
         }
@@ -145,7 +141,7 @@ impl Record<'_> {
             Field::SpanId => self.span_id().map(|id| Cell::Bytea(id.to_vec())),
             Field::ParentSpanId => span
                 .filter(|s| !s.parent_span_id.is_empty())
-                .map(|s| Cell::Bytea(s.parent_span_id.clone())),
+                .map(|s| Cell::Bytea(s.parent_span_id.to_vec())),
             Field::Name => text(self.name()),
             Field::Kind => span.map(|s| {
                 Cell::Text(
@@ -167,13 +163,13 @@ impl Record<'_> {
             }),
             Field::StatusMessage => span
                 .and_then(|s| s.status.as_ref())
-                .and_then(|st| text(&st.message)),
+                .and_then(|st| text(st.message)),
             Field::StatusError => span.and_then(|s| s.status.as_ref()).and_then(|st| {
                 (st.code == status::StatusCode::Error as i32).then(|| {
                     Cell::Text(if st.message.is_empty() {
                         "error".into()
                     } else {
-                        st.message.clone()
+                        st.message.to_owned()
                     })
                 })
             }),
@@ -181,12 +177,12 @@ impl Record<'_> {
                 .log
                 .filter(|l| l.severity_number != 0)
                 .map(|l| Cell::Int8(l.severity_number.into())),
-            Field::SeverityText => self.log.and_then(|l| text(&l.severity_text)),
+            Field::SeverityText => self.log.and_then(|l| text(l.severity_text)),
             Field::Body => self
                 .log
                 .and_then(|l| l.body.as_ref())
                 .map(|b| match &b.value {
-                    Some(any_value::Value::StringValue(s)) => Cell::Text(s.clone()),
+                    Some(AnyKind::StringValue(s)) => Cell::Text((*s).to_owned()),
                     _ => json_cell(&AnyJson(b)),
                 }),
             Field::ServiceName => self.service_name().map(|s| Cell::Text(s.to_owned())),
@@ -212,16 +208,16 @@ impl Record<'_> {
         let attributes = self.attributes();
         let string = |key| match find(attributes, key) {
             Some(AnyValue {
-                value: Some(any_value::Value::StringValue(s)),
-            }) => Some(s.as_str()),
+                value: Some(AnyKind::StringValue(s)),
+            }) => Some(*s),
             _ => None,
         };
         let tokens = |keys: [&str; 2]| {
             keys.iter()
                 .find_map(|k| match find(attributes, k)?.value.as_ref()? {
-                    any_value::Value::IntValue(i) => Some(*i as f64),
-                    any_value::Value::DoubleValue(d) => Some(*d),
-                    any_value::Value::StringValue(s) => s.trim().parse().ok(),
+                    AnyKind::IntValue(i) => Some(*i as f64),
+                    AnyKind::DoubleValue(d) => Some(*d),
+                    AnyKind::StringValue(s) => s.trim().parse().ok(),
                     _ => None,
                 })
         };
@@ -244,7 +240,7 @@ impl Record<'_> {
             .iter()
             .map(|kv| {
                 (
-                    kv.key.clone(),
+                    kv.key.to_owned(),
                     kv.value.as_ref().map_or(Value::Null, any_to_json),
                 )
             })
@@ -263,7 +259,7 @@ impl Record<'_> {
 
 /// A source's value before conversion to the column type.
 enum Raw<'a> {
-    Any(&'a AnyValue),
+    Any(&'a AnyValue<'a>),
     Cell(Cell),
 }
 
@@ -271,22 +267,21 @@ enum Raw<'a> {
 pub fn any_to_json(value: &AnyValue) -> Value {
     match &value.value {
         None => Value::Null,
-        Some(any_value::Value::StringValue(s)) => Value::String(s.clone()),
-        Some(any_value::Value::BoolValue(b)) => Value::Bool(*b),
-        Some(any_value::Value::IntValue(i)) => Value::from(*i),
-        Some(any_value::Value::DoubleValue(d)) => {
+        Some(AnyKind::StringValue(s)) => Value::String((*s).to_owned()),
+        Some(AnyKind::BoolValue(b)) => Value::Bool(*b),
+        Some(AnyKind::IntValue(i)) => Value::from(*i),
+        Some(AnyKind::DoubleValue(d)) => {
             serde_json::Number::from_f64(*d).map_or(Value::Null, Value::Number)
         }
-        Some(any_value::Value::BytesValue(b)) => Value::String(hex(b)),
-        Some(any_value::Value::ArrayValue(a)) => {
-            Value::Array(a.values.iter().map(any_to_json).collect())
+        Some(AnyKind::BytesValue(b)) => Value::String(hex(b)),
+        Some(AnyKind::ArrayValue(a)) => {
+            Value::Array(a.iter().map(any_to_json).collect())
         }
-        Some(any_value::Value::KvlistValue(kv)) => Value::Object(
-            kv.values
-                .iter()
+        Some(AnyKind::KvlistValue(kv)) => Value::Object(
+            kv.iter()
                 .map(|kv| {
                     (
-                        kv.key.clone(),
+                        kv.key.to_owned(),
                         kv.value.as_ref().map_or(Value::Null, any_to_json),
                     )
                 })
@@ -298,25 +293,24 @@ pub fn any_to_json(value: &AnyValue) -> Value {
 /// An `AnyValue` serialized as JSON the way `any_to_json` renders it, without building a
 /// `serde_json::Value` first (rows are built per record; the tree of maps and strings was
 /// most of their cost).
-struct AnyJson<'a>(&'a AnyValue);
+struct AnyJson<'a>(&'a AnyValue<'a>);
 
 impl Serialize for AnyJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match &self.0.value {
             None => serializer.serialize_unit(),
-            Some(any_value::Value::StringValue(s)) => serializer.serialize_str(s),
-            Some(any_value::Value::BoolValue(b)) => serializer.serialize_bool(*b),
-            Some(any_value::Value::IntValue(i)) => serializer.serialize_i64(*i),
+            Some(AnyKind::StringValue(s)) => serializer.serialize_str(s),
+            Some(AnyKind::BoolValue(b)) => serializer.serialize_bool(*b),
+            Some(AnyKind::IntValue(i)) => serializer.serialize_i64(*i),
             // serde_json writes non-finite numbers as null, like `any_to_json`.
-            Some(any_value::Value::DoubleValue(d)) => serializer.serialize_f64(*d),
-            Some(any_value::Value::BytesValue(b)) => serializer.serialize_str(&hex(b)),
-            Some(any_value::Value::ArrayValue(a)) => {
-                serializer.collect_seq(a.values.iter().map(AnyJson))
+            Some(AnyKind::DoubleValue(d)) => serializer.serialize_f64(*d),
+            Some(AnyKind::BytesValue(b)) => serializer.serialize_str(&hex(b)),
+            Some(AnyKind::ArrayValue(a)) => {
+                serializer.collect_seq(a.iter().map(AnyJson))
             }
-            Some(any_value::Value::KvlistValue(kv)) => serializer.collect_map(
-                kv.values
-                    .iter()
-                    .map(|kv| (kv.key.as_str(), kv.value.as_ref().map(AnyJson))),
+            Some(AnyKind::KvlistValue(kv)) => serializer.collect_map(
+                kv.iter()
+                    .map(|kv| (kv.key, kv.value.as_ref().map(AnyJson))),
             ),
         }
     }
@@ -325,7 +319,7 @@ impl Serialize for AnyJson<'_> {
 /// Attributes as one JSON object, leaving out the keys a mapping stored in columns. A key
 /// repeated in the record is written twice; jsonb keeps the last, as `any_to_json` does.
 struct AttributesJson<'a> {
-    attributes: &'a [KeyValue],
+    attributes: &'a [KeyValue<'a>],
     skip: &'a BTreeSet<String>,
 }
 
@@ -334,8 +328,8 @@ impl Serialize for AttributesJson<'_> {
         serializer.collect_map(
             self.attributes
                 .iter()
-                .filter(|kv| !self.skip.contains(&kv.key))
-                .map(|kv| (kv.key.as_str(), kv.value.as_ref().map(AnyJson))),
+                .filter(|kv| !self.skip.contains(kv.key))
+                .map(|kv| (kv.key, kv.value.as_ref().map(AnyJson))),
         )
     }
 }
@@ -347,7 +341,7 @@ fn json_cell(value: &impl Serialize) -> Cell {
 
 /// Converts a value to a column type, or says why not.
 fn convert(raw: Raw<'_>, ty: ColumnType) -> Result<Cell, String> {
-    use any_value::Value as V;
+    use AnyKind as V;
     let any = match raw {
         Raw::Cell(cell) => {
             return match (cell, ty) {
@@ -363,7 +357,7 @@ fn convert(raw: Raw<'_>, ty: ColumnType) -> Result<Cell, String> {
     let value = any.value.as_ref().expect("find() skips empty values");
     let mismatch = || format!("cannot store {} as {}", any_to_json(any), ty.sql());
     let cell = match (ty, value) {
-        (ColumnType::Text, V::StringValue(s)) => Cell::Text(s.clone()),
+        (ColumnType::Text, V::StringValue(s)) => Cell::Text((*s).to_owned()),
         (ColumnType::Text, V::IntValue(i)) => Cell::Text(i.to_string()),
         (ColumnType::Text, V::DoubleValue(d)) => Cell::Text(d.to_string()),
         (ColumnType::Text, V::BoolValue(b)) => Cell::Text(b.to_string()),
@@ -390,7 +384,7 @@ fn convert(raw: Raw<'_>, ty: ColumnType) -> Result<Cell, String> {
             Cell::Uuid(<[u8; 16]>::try_from(&b[..]).map_err(|_| mismatch())?)
         }
         (ColumnType::Jsonb, _) => json_cell(&AnyJson(any)),
-        (ColumnType::Bytea, V::BytesValue(b)) => Cell::Bytea(b.clone()),
+        (ColumnType::Bytea, V::BytesValue(b)) => Cell::Bytea(b.to_vec()),
         (ColumnType::Bytea, V::StringValue(s)) => Cell::Bytea(s.as_bytes().to_vec()),
         _ => return Err(mismatch()),
     };
@@ -430,71 +424,42 @@ impl Extractor {
         })
     }
 
-    /// Extracts the rows of one protobuf `Export*ServiceRequest` into `out`.
-    pub fn extract(
-        &self,
-        signal: Signal,
-        body: &[u8],
-        out: &mut RowBatch,
-    ) -> Result<(), prost::DecodeError> {
+    /// Extracts the rows of one protobuf `Export*ServiceRequest` into `out`, reading the
+    /// records as borrowed views of `body` (see `view`).
+    pub fn extract(&self, signal: Signal, body: &[u8], out: &mut RowBatch) -> Result<(), ViewError> {
         match signal {
-            Signal::Traces => {
-                let request = ExportTraceServiceRequest::decode(body)?;
-                for resource_spans in &request.resource_spans {
-                    let resource = resource_spans
-                        .resource
-                        .as_ref()
-                        .map_or(&[][..], |r| &r.attributes);
-                    for scope_spans in &resource_spans.scope_spans {
-                        let scope_name = scope_spans.scope.as_ref().map_or("", |s| &s.name);
-                        for span in &scope_spans.spans {
-                            let record = Record {
-                                kind: RecordKind::Span,
-                                resource,
-                                scope_name,
-                                span: Some(span),
-                                event: None,
-                                log: None,
-                            };
-                            self.offer(&record, out);
-                            for event in &span.events {
-                                let record = Record {
-                                    kind: RecordKind::SpanEvent,
-                                    event: Some(event),
-                                    ..record
-                                };
-                                self.offer(&record, out);
-                            }
-                        }
-                    }
+            Signal::Traces => view::spans(body, |scope, span| {
+                let record = Record {
+                    kind: RecordKind::Span,
+                    resource: &scope.resource,
+                    scope_name: scope.name,
+                    span: Some(span),
+                    event: None,
+                    log: None,
+                };
+                self.offer(&record, out);
+                for event in &span.events {
+                    let record = Record {
+                        kind: RecordKind::SpanEvent,
+                        event: Some(event),
+                        ..record
+                    };
+                    self.offer(&record, out);
                 }
-            }
-            Signal::Logs => {
-                let request = ExportLogsServiceRequest::decode(body)?;
-                for resource_logs in &request.resource_logs {
-                    let resource = resource_logs
-                        .resource
-                        .as_ref()
-                        .map_or(&[][..], |r| &r.attributes);
-                    for scope_logs in &resource_logs.scope_logs {
-                        let scope_name = scope_logs.scope.as_ref().map_or("", |s| &s.name);
-                        for log in &scope_logs.log_records {
-                            let record = Record {
-                                kind: RecordKind::Log,
-                                resource,
-                                scope_name,
-                                span: None,
-                                event: None,
-                                log: Some(log),
-                            };
-                            self.offer(&record, out);
-                        }
-                    }
-                }
-            }
-            Signal::Metrics => {}
+            }),
+            Signal::Logs => view::log_records(body, |scope, log| {
+                let record = Record {
+                    kind: RecordKind::Log,
+                    resource: &scope.resource,
+                    scope_name: scope.name,
+                    span: None,
+                    event: None,
+                    log: Some(log),
+                };
+                self.offer(&record, out);
+            }),
+            Signal::Metrics => Ok(()),
         }
-        Ok(())
     }
 
     fn offer(&self, record: &Record<'_>, out: &mut RowBatch) {
@@ -574,10 +539,10 @@ fn selects(mapping: &Mapping, record: &Record<'_>) -> bool {
     }
     mapping.where_equal.iter().all(|(key, expected)| {
         match find(attributes, key).and_then(|v| v.value.as_ref()) {
-            Some(any_value::Value::StringValue(s)) => s == expected,
-            Some(any_value::Value::IntValue(i)) => i.to_string() == *expected,
-            Some(any_value::Value::BoolValue(b)) => b.to_string() == *expected,
-            Some(any_value::Value::DoubleValue(d)) => d.to_string() == *expected,
+            Some(AnyKind::StringValue(s)) => s == expected,
+            Some(AnyKind::IntValue(i)) => i.to_string() == *expected,
+            Some(AnyKind::BoolValue(b)) => b.to_string() == *expected,
+            Some(AnyKind::DoubleValue(d)) => d.to_string() == *expected,
             _ => false,
         }
     })
@@ -586,15 +551,14 @@ fn selects(mapping: &Mapping, record: &Record<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
 
-    fn any(value: any_value::Value) -> AnyValue {
+    fn any(value: AnyKind<'static>) -> AnyValue<'static> {
         AnyValue { value: Some(value) }
     }
 
-    fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    fn kv(key: &'static str, value: AnyKind<'static>) -> KeyValue<'static> {
         KeyValue {
-            key: key.into(),
+            key,
             value: Some(any(value)),
         }
     }
@@ -608,38 +572,34 @@ mod tests {
 
     #[test]
     fn json_cells_render_like_any_to_json() {
-        use any_value::Value as V;
-        let nested = any(V::KvlistValue(KeyValueList {
-            values: vec![
-                kv("s", V::StringValue("a \"quoted\" \u{1F600}".into())),
-                kv("nan", V::DoubleValue(f64::NAN)),
-                kv("inf", V::DoubleValue(f64::INFINITY)),
-                kv("d", V::DoubleValue(1.5)),
-                kv("i", V::IntValue(-7)),
-                kv("b", V::BoolValue(true)),
-                kv("bytes", V::BytesValue(vec![0, 255, 16])),
-                kv(
-                    "array",
-                    V::ArrayValue(ArrayValue {
-                        values: vec![any(V::IntValue(1)), AnyValue { value: None }],
-                    }),
-                ),
-                KeyValue {
-                    key: "empty".into(),
-                    value: None,
-                },
-            ],
-        }));
+        use AnyKind as V;
+        let nested = any(V::KvlistValue(vec![
+            kv("s", V::StringValue("a \"quoted\" \u{1F600}")),
+            kv("nan", V::DoubleValue(f64::NAN)),
+            kv("inf", V::DoubleValue(f64::INFINITY)),
+            kv("d", V::DoubleValue(1.5)),
+            kv("i", V::IntValue(-7)),
+            kv("b", V::BoolValue(true)),
+            kv("bytes", V::BytesValue(&[0, 255, 16])),
+            kv(
+                "array",
+                V::ArrayValue(vec![any(V::IntValue(1)), AnyValue { value: None }]),
+            ),
+            KeyValue {
+                key: "empty",
+                value: None,
+            },
+        ]));
         assert_eq!(parsed(json_cell(&AnyJson(&nested))), any_to_json(&nested));
     }
 
     #[test]
     fn attribute_json_skips_consumed_keys_and_keeps_the_last_duplicate() {
-        use any_value::Value as V;
+        use AnyKind as V;
         let attributes = vec![
             kv("frame.id", V::IntValue(1)),
-            kv("camera", V::StringValue("a".into())),
-            kv("camera", V::StringValue("b".into())),
+            kv("camera", V::StringValue("a")),
+            kv("camera", V::StringValue("b")),
             kv("score", V::DoubleValue(0.5)),
         ];
         let skip = BTreeSet::from(["frame.id".to_string()]);

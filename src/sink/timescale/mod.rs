@@ -9,6 +9,7 @@ mod error;
 mod extract;
 mod mapping;
 mod schema;
+mod view;
 pub mod sink;
 
 pub use config::{LlmPrice, TimescaleSinkConfig};
