@@ -173,7 +173,7 @@ async fn copy(
     rows: &mut Vec<Vec<crate::sink::timescale::Cell>>,
 ) -> anyhow::Result<u64> {
     use futures_util::SinkExt;
-    let data = encode_copy(rows.iter().map(Vec::as_slice), rows.len() * 128);
+    let data = encode_copy(rows.iter().map(Vec::as_slice));
     let sink = client.copy_in::<_, Bytes>(statement).await?;
     futures_util::pin_mut!(sink);
     sink.send(data).await?;

@@ -480,7 +480,7 @@ async fn the_ledger_skips_a_replayed_batch() {
             ]
         })
         .collect();
-    let data = encode_copy(rows.iter().map(Vec::as_slice), 0);
+    let data = encode_copy(rows.iter().map(Vec::as_slice));
     let sql = "COPY frame_metadata (time, camera_id) FROM STDIN (FORMAT binary)";
     let id = uuid::Uuid::new_v4();
     assert_eq!(

@@ -65,6 +65,19 @@ impl Cell {
         }
     }
 
+    /// Bytes `encode` writes: the length word and the value.
+    fn encoded_len(&self) -> usize {
+        4 + match self {
+            Cell::Null => 0,
+            Cell::Text(s) => s.len(),
+            Cell::Int8(_) | Cell::Float8(_) | Cell::Timestamp(_) => 8,
+            Cell::Bool(_) => 1,
+            Cell::Uuid(u) => u.len(),
+            Cell::Json(text) => 1 + text.len(),
+            Cell::Bytea(b) => b.len(),
+        }
+    }
+
     fn encode(&self, buf: &mut BytesMut) {
         match self {
             Cell::Null => buf.put_i32(-1),
@@ -106,9 +119,20 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Encodes rows (all of the same width) as a complete binary COPY stream.
-pub fn encode_copy<'a>(rows: impl IntoIterator<Item = &'a [Cell]>, size_hint: usize) -> Bytes {
-    let mut buf = BytesMut::with_capacity(size_hint + 32);
+/// Encodes rows (all of the same width) as a complete binary COPY stream, into one buffer
+/// of the exact size (measured first: growing a buffer of megabytes copies it and faults in
+/// fresh pages each time).
+pub fn encode_copy<'a, I>(rows: I) -> Bytes
+where
+    I: IntoIterator<Item = &'a [Cell]>,
+    I::IntoIter: Clone,
+{
+    let rows = rows.into_iter();
+    let size: usize = rows
+        .clone()
+        .map(|row| 2 + row.iter().map(Cell::encoded_len).sum::<usize>())
+        .sum();
+    let mut buf = BytesMut::with_capacity(MAGIC.len() + 8 + size + 2);
     buf.put_slice(MAGIC);
     buf.put_i32(0); // flags
     buf.put_i32(0); // header extension length
@@ -133,7 +157,7 @@ mod tests {
             Cell::Null,
             Cell::Timestamp(946_684_800_000_001_000),
         ]];
-        let data = encode_copy(rows.iter().map(Vec::as_slice), 0);
+        let data = encode_copy(rows.iter().map(Vec::as_slice));
         let mut expected = Vec::new();
         expected.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
@@ -145,5 +169,29 @@ mod tests {
         expected.extend_from_slice(&1i64.to_be_bytes());
         expected.extend_from_slice(&(-1i16).to_be_bytes());
         assert_eq!(&data[..], &expected[..]);
+    }
+
+    #[test]
+    fn measures_exactly_what_it_writes() {
+        let row = vec![
+            Cell::Null,
+            Cell::Text("camera é".into()),
+            Cell::Int8(-1),
+            Cell::Float8(0.5),
+            Cell::Bool(true),
+            Cell::Timestamp(1),
+            Cell::Uuid([7; 16]),
+            Cell::Json("{\"a\":1}".into()),
+            Cell::Bytea(vec![1, 2, 3]),
+        ];
+        let rows = [row.clone(), row];
+        let data = encode_copy(rows.iter().map(Vec::as_slice));
+        let cells: usize = rows.iter().flatten().map(Cell::encoded_len).sum();
+        assert_eq!(data.len(), MAGIC.len() + 8 + 2 * 2 + cells + 2);
+        for cell in &rows[0] {
+            let mut buf = BytesMut::new();
+            cell.encode(&mut buf);
+            assert_eq!(buf.len(), cell.encoded_len(), "{cell:?}");
+        }
     }
 }

@@ -274,9 +274,7 @@ pub fn any_to_json(value: &AnyValue) -> Value {
             serde_json::Number::from_f64(*d).map_or(Value::Null, Value::Number)
         }
         Some(AnyKind::BytesValue(b)) => Value::String(hex(b)),
-        Some(AnyKind::ArrayValue(a)) => {
-            Value::Array(a.iter().map(any_to_json).collect())
-        }
+        Some(AnyKind::ArrayValue(a)) => Value::Array(a.iter().map(any_to_json).collect()),
         Some(AnyKind::KvlistValue(kv)) => Value::Object(
             kv.iter()
                 .map(|kv| {
@@ -305,13 +303,10 @@ impl Serialize for AnyJson<'_> {
             // serde_json writes non-finite numbers as null, like `any_to_json`.
             Some(AnyKind::DoubleValue(d)) => serializer.serialize_f64(*d),
             Some(AnyKind::BytesValue(b)) => serializer.serialize_str(&hex(b)),
-            Some(AnyKind::ArrayValue(a)) => {
-                serializer.collect_seq(a.iter().map(AnyJson))
+            Some(AnyKind::ArrayValue(a)) => serializer.collect_seq(a.iter().map(AnyJson)),
+            Some(AnyKind::KvlistValue(kv)) => {
+                serializer.collect_map(kv.iter().map(|kv| (kv.key, kv.value.as_ref().map(AnyJson))))
             }
-            Some(AnyKind::KvlistValue(kv)) => serializer.collect_map(
-                kv.iter()
-                    .map(|kv| (kv.key, kv.value.as_ref().map(AnyJson))),
-            ),
         }
     }
 }
@@ -426,7 +421,12 @@ impl Extractor {
 
     /// Extracts the rows of one protobuf `Export*ServiceRequest` into `out`, reading the
     /// records as borrowed views of `body` (see `view`).
-    pub fn extract(&self, signal: Signal, body: &[u8], out: &mut RowBatch) -> Result<(), ViewError> {
+    pub fn extract(
+        &self,
+        signal: Signal,
+        body: &[u8],
+        out: &mut RowBatch,
+    ) -> Result<(), ViewError> {
         match signal {
             Signal::Traces => view::spans(body, |scope, span| {
                 let record = Record {

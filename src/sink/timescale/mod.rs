@@ -9,8 +9,8 @@ mod error;
 mod extract;
 mod mapping;
 mod schema;
-mod view;
 pub mod sink;
+mod view;
 
 pub use config::{LlmPrice, TimescaleSinkConfig};
 pub use copy::{encode_copy, Cell};

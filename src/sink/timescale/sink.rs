@@ -664,7 +664,7 @@ impl Writer {
         rows: &[Vec<Cell>],
         range: Option<LedgerRange>,
     ) -> Result<(), (Failure, String)> {
-        let data = encode_copy(rows.iter().map(Vec::as_slice), rows.len() * 128);
+        let data = encode_copy(rows.iter().map(Vec::as_slice));
         let batch_id = uuid::Uuid::new_v4();
         let started = Instant::now();
         let mut backoff = Backoff::new(&RetryConfig {
