@@ -2,7 +2,7 @@
 //! HTTP path, how to validate a request body and how many items (spans, data points, log
 //! records) it carries. Everything else in the crate is written once, generic over [`Signal`].
 
-mod wire;
+pub(crate) mod wire;
 pub use wire::WireError;
 
 use std::fmt;

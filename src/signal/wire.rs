@@ -488,6 +488,25 @@ fn walk(msg: Msg, body: &[u8], depth: u32) -> Result<u64, WireError> {
     Ok(items + data.map_or(0, |(_, points)| points))
 }
 
+/// Hand-made protobuf for tests of the wire format.
+#[cfg(test)]
+pub(crate) mod encoding {
+    /// A field key.
+    pub fn key(tag: u32, wire_type: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        prost::encoding::encode_varint(u64::from(tag << 3 | u32::from(wire_type)), &mut out);
+        out
+    }
+
+    /// A length-delimited field.
+    pub fn len_field(tag: u32, body: &[u8]) -> Vec<u8> {
+        let mut out = key(tag, 2);
+        prost::encoding::encode_varint(body.len() as u64, &mut out);
+        out.extend_from_slice(body);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;
@@ -602,17 +621,7 @@ mod tests {
     /// Edge cases of the wire format, each compared with prost.
     #[test]
     fn agrees_with_prost_on_wire_format_edges() {
-        fn key(tag: u32, wire_type: u8) -> Vec<u8> {
-            let mut out = Vec::new();
-            prost::encoding::encode_varint(u64::from(tag << 3 | u32::from(wire_type)), &mut out);
-            out
-        }
-        fn len_field(tag: u32, body: &[u8]) -> Vec<u8> {
-            let mut out = key(tag, 2);
-            prost::encoding::encode_varint(body.len() as u64, &mut out);
-            out.extend_from_slice(body);
-            out
-        }
+        use super::encoding::{key, len_field};
         // ExportTraceServiceRequest > ResourceSpans > ScopeSpans > Span with `span` bytes.
         let traces = |span: &[u8]| len_field(1, &len_field(2, &len_field(2, span)));
         // A log record whose body is an AnyValue nested `depth` array levels deep.

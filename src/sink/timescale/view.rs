@@ -643,17 +643,7 @@ mod tests {
     /// merges a repeated message variant, unknown fields (groups too) are skipped.
     #[test]
     fn follows_the_merge_rules() {
-        fn key(tag: u32, wire_type: u8) -> Vec<u8> {
-            let mut out = Vec::new();
-            prost::encoding::encode_varint(u64::from(tag << 3 | u32::from(wire_type)), &mut out);
-            out
-        }
-        fn len(tag: u32, body: &[u8]) -> Vec<u8> {
-            let mut out = key(tag, 2);
-            prost::encoding::encode_varint(body.len() as u64, &mut out);
-            out.extend_from_slice(body);
-            out
-        }
+        use crate::signal::wire::encoding::{key, len_field as len};
         let attribute = |value: &[u8]| len(9, &[len(1, b"k"), len(2, value)].concat());
         let span = [
             len(5, b"first"),
