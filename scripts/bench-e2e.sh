@@ -16,7 +16,8 @@
 # forwarding runs, default 30), BENCH_RATES (frames/s; default "3850 38500", about 10,000 and 100,000 rows/s), BENCH_LONG_SECONDS (the
 # original goal, 1,000 frames/s, default 300; 0 skips it), BENCH_OVERLOAD_SECONDS (default 60),
 # BENCH_SKIP_ROTEL=1, ROTEL (path of rotel-agent; default: installed from PyPI into
-# target/bench-venv), BENCH_SECTIONS (default "1 2 3 4 5"; 2 and 4 need 1's gateway config).
+# target/bench-venv), BENCH_SECTIONS (default "1 2 3 4 5"; 2 and 4 need 1's gateway config),
+# BENCH_PACED_FACTOR (1d's offered rate as a fraction of the measured ceiling, default 0.8).
 # The durable log of each gateway lives in the temporary work directory, on the file system
 # of $TMPDIR (default /tmp), or under BENCH_LOG_DIR when set (another disk, or tmpfs to
 # separate the log's disk time from its CPU).
@@ -29,6 +30,7 @@ RATES=${BENCH_RATES:-"3850 38500"}
 LONG_SECS=${BENCH_LONG_SECONDS:-300}
 OVERLOAD_SECS=${BENCH_OVERLOAD_SECONDS:-60}
 SECTIONS=${BENCH_SECTIONS:-"1 2 3 4 5"}
+PACED_FACTOR=${BENCH_PACED_FACTOR:-0.8}
 LOG_ROOT_SET=${BENCH_LOG_DIR:-}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 OUT=${OUT:-target/bench-e2e}
@@ -134,8 +136,8 @@ MEM_RPS=$(max_rate_rows gateway-memory)
 # Closed loop, the log acknowledges at disk speed, so the client sends more than the sink
 # commits and the rest is committed after it stops. 1d offers a fixed 0.8 x the ceiling
 # instead: sustained means committed while the load runs, with no backlog at the end.
-PACED_FPS=$(python3 -c "print(round($COPY_RPS * 0.8 / 2.6))")
-log "1d. durable log on, paced at 0.8 x the ceiling: $PACED_FPS frames/s for ${SECS}s"
+PACED_FPS=$(python3 -c "print(round($COPY_RPS * $PACED_FACTOR / 2.6))")
+log "1d. durable log on, paced at $PACED_FACTOR x the ceiling: $PACED_FPS frames/s for ${SECS}s"
 max_rate_rows gateway "$PACED_FPS" >/dev/null
 fi
 
@@ -244,9 +246,9 @@ grep -E 'VmHWM|VmRSS' "/proc/$GW/status" | tr -s ' ' >"$OUT/overload-rss.txt"
 kill "$GW"; wait "$GW" 2>/dev/null || true
 fi
 
-python3 - "$OUT" "$COPY_RPS" "$GW_RPS" "$MEM_RPS" "$RATES" "$TSDB" <<'PY'
+python3 - "$OUT" "$COPY_RPS" "$GW_RPS" "$MEM_RPS" "$RATES" "$TSDB" "$PACED_FACTOR" <<'PY'
 import json, sys, os
-out, copy_rps, gw_rps, mem_rps, rates, tsdb = sys.argv[1:]
+out, copy_rps, gw_rps, mem_rps, rates, tsdb, paced_factor = sys.argv[1:]
 copy_rps, gw_rps, mem_rps = int(copy_rps), int(gw_rps), int(mem_rps)
 if copy_rps:
     print(f"\nRows into PostgreSQL ({tsdb or 'TimescaleDB: ?'})")
@@ -264,7 +266,7 @@ if os.path.exists(f"{out}/gateway-paced.json"):
     db = m.get("database") or {}
     drain_rows, drain_secs, rows, sent = map(float, open(f"{out}/gateway-paced-drain.txt").read().split())
     during = (rows - drain_rows) / sent
-    print(f"  gateway, log on, paced at {m['target_rate']} frames/s (0.8 x ceiling): achieved {m['items_per_second_acknowledged']:.0f} frames/s, "
+    print(f"  gateway, log on, paced at {m['target_rate']} frames/s ({paced_factor} x ceiling): achieved {m['items_per_second_acknowledged']:.0f} frames/s, "
           f"committed while sending {during:.0f} rows/s   ratio {during / copy_rps:.2f}, backlog at the end {drain_rows:.0f} rows ({drain_secs:.1f} s), "
           f"{db.get('frame_rows_found')}/{m['items_acknowledged']} frames found, commit p99 {db.get('receive_to_commit_ms', {}).get('p99', 0):.1f} ms, behind schedule {m['requests_behind_schedule']}")
 if not os.path.exists(f"{out}/gateway-rate-{rates.split()[0]}.json"):
