@@ -302,12 +302,13 @@ fn name(msg: Msg) -> &'static str {
     }
 }
 
-const VARINT: u8 = 0;
-const FIXED64: u8 = 1;
-const LEN: u8 = 2;
-const START_GROUP: u8 = 3;
-const END_GROUP: u8 = 4;
-const FIXED32: u8 = 5;
+/// Protobuf wire types.
+pub(crate) const VARINT: u8 = 0;
+pub(crate) const FIXED64: u8 = 1;
+pub(crate) const LEN: u8 = 2;
+pub(crate) const START_GROUP: u8 = 3;
+pub(crate) const END_GROUP: u8 = 4;
+pub(crate) const FIXED32: u8 = 5;
 
 /// A cursor over one message's bytes.
 struct Reader<'a> {

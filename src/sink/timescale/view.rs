@@ -10,6 +10,8 @@
 //! oneof takes the last variant, merging into it when it is the same message variant.
 //! `tests` compares the views with `prost`'s decoding of damaged but decodable requests.
 
+use crate::signal::wire::{END_GROUP, FIXED32, FIXED64, LEN, START_GROUP, VARINT};
+
 /// Why a body could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed OTLP protobuf: {0}")]
@@ -87,13 +89,6 @@ pub struct Scope<'a> {
     pub resource: Vec<KeyValue<'a>>,
     pub name: &'a str,
 }
-
-const VARINT: u8 = 0;
-const FIXED64: u8 = 1;
-const LEN: u8 = 2;
-const START_GROUP: u8 = 3;
-const END_GROUP: u8 = 4;
-const FIXED32: u8 = 5;
 
 /// A cursor over one message's bytes.
 struct Fields<'a> {
