@@ -316,7 +316,15 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     fn varint(&mut self) -> Result<u64, WireError> {
+        // Keys and most lengths are one byte.
+        if let Some(&byte) = self.buf.first() {
+            if byte < 0x80 {
+                self.buf = &self.buf[1..];
+                return Ok(u64::from(byte));
+            }
+        }
         let mut value = 0u64;
         for (i, &byte) in self.buf.iter().take(10).enumerate() {
             value |= u64::from(byte & 0x7f) << (7 * i);

@@ -100,7 +100,15 @@ impl<'a> Fields<'a> {
         Fields { buf }
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64> {
+        // Keys and most lengths are one byte.
+        if let Some(&byte) = self.buf.first() {
+            if byte < 0x80 {
+                self.buf = &self.buf[1..];
+                return Ok(u64::from(byte));
+            }
+        }
         let mut value = 0u64;
         for (i, &byte) in self.buf.iter().take(10).enumerate() {
             value |= u64::from(byte & 0x7f) << (7 * i);
