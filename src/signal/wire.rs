@@ -310,33 +310,39 @@ pub(crate) const START_GROUP: u8 = 3;
 pub(crate) const END_GROUP: u8 = 4;
 pub(crate) const FIXED32: u8 = 5;
 
+/// Reads a varint off the front of `buf` as `prost` does: at most 10 bytes, the tenth below
+/// 2. `None` if it is longer, overflows or is cut off.
+#[inline]
+pub(crate) fn read_varint(buf: &mut &[u8]) -> Option<u64> {
+    // Keys and most lengths are one byte.
+    if let Some(&byte) = buf.first() {
+        if byte < 0x80 {
+            *buf = &buf[1..];
+            return Some(u64::from(byte));
+        }
+    }
+    let mut value = 0u64;
+    for (i, &byte) in buf.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            if i == 9 && byte >= 2 {
+                return None;
+            }
+            *buf = &buf[i + 1..];
+            return Some(value);
+        }
+    }
+    None
+}
+
 /// A cursor over one message's bytes.
 struct Reader<'a> {
     buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    #[inline]
     fn varint(&mut self) -> Result<u64, WireError> {
-        // Keys and most lengths are one byte.
-        if let Some(&byte) = self.buf.first() {
-            if byte < 0x80 {
-                self.buf = &self.buf[1..];
-                return Ok(u64::from(byte));
-            }
-        }
-        let mut value = 0u64;
-        for (i, &byte) in self.buf.iter().take(10).enumerate() {
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte < 0x80 {
-                if i == 9 && byte >= 2 {
-                    break;
-                }
-                self.buf = &self.buf[i + 1..];
-                return Ok(value);
-            }
-        }
-        fail("invalid varint")
+        read_varint(&mut self.buf).map_or_else(|| fail("invalid varint"), Ok)
     }
 
     fn key(&mut self) -> Result<(u32, u8), WireError> {

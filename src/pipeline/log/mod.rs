@@ -959,17 +959,7 @@ mod tests {
 
     /// Reads everything a new destination `name` gets from the log, starting at its cursor.
     async fn read_all(log: &Log, name: &str) -> Vec<u8> {
-        let (tx, mut rx) = queue(name, 1024);
-        let reader = log
-            .reader(name, &[Signal::Logs], tx, None, 1 << 20)
-            .unwrap();
-        let task = tokio::spawn(reader.run(CancellationToken::new()));
-        let mut firsts = Vec::new();
-        while let Some(delivery) = rx.recv().await {
-            firsts.push(delivery.body[0]);
-        }
-        task.await.unwrap();
-        firsts
+        spawn_reader(log, name).await.unwrap()
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@
 //! oneof takes the last variant, merging into it when it is the same message variant.
 //! `tests` compares the views with `prost`'s decoding of damaged but decodable requests.
 
-use crate::signal::wire::{END_GROUP, FIXED32, FIXED64, LEN, START_GROUP, VARINT};
+use crate::signal::wire::{read_varint, END_GROUP, FIXED32, FIXED64, LEN, START_GROUP, VARINT};
 
 /// Why a body could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,24 +100,8 @@ impl<'a> Fields<'a> {
         Fields { buf }
     }
 
-    #[inline]
     fn varint(&mut self) -> Result<u64> {
-        // Keys and most lengths are one byte.
-        if let Some(&byte) = self.buf.first() {
-            if byte < 0x80 {
-                self.buf = &self.buf[1..];
-                return Ok(u64::from(byte));
-            }
-        }
-        let mut value = 0u64;
-        for (i, &byte) in self.buf.iter().take(10).enumerate() {
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte < 0x80 {
-                self.buf = &self.buf[i + 1..];
-                return Ok(value);
-            }
-        }
-        Err(ViewError("invalid varint"))
+        read_varint(&mut self.buf).ok_or(ViewError("invalid varint"))
     }
 
     fn take(&mut self, len: u64) -> Result<&'a [u8]> {
