@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::demo::backend::RecordingBackend;
 use crate::demo::generator::TelemetryGenerator;
 use crate::demo::postgres::TempPostgres;
-use crate::sink::timescale::{encode_copy, migrate, Extractor, TimescaleSinkConfig};
+use crate::sink::timescale::{migrate, Extractor, Rows, TimescaleSinkConfig};
 use crate::Signal;
 
 /// What to start.
@@ -123,8 +123,10 @@ async fn copy_ceiling(
                 .mappings()
                 .iter()
                 .map(|m| {
-                    let mut columns: Vec<String> = crate::sink::timescale::mapping_columns(m);
-                    columns.iter_mut().for_each(|c| *c = format!("\"{c}\""));
+                    let columns: Vec<String> = crate::sink::timescale::mapping_columns(m)
+                        .iter()
+                        .map(|(c, _)| format!("\"{c}\""))
+                        .collect();
                     format!(
                         "COPY \"{}\" ({}) FROM STDIN (FORMAT binary)",
                         m.table,
@@ -170,14 +172,15 @@ async fn copy_ceiling(
 async fn copy(
     client: &tokio_postgres::Client,
     statement: &str,
-    rows: &mut Vec<Vec<crate::sink::timescale::Cell>>,
+    rows: &mut Rows,
 ) -> anyhow::Result<u64> {
     use futures_util::SinkExt;
-    let data = encode_copy(rows.iter().map(Vec::as_slice));
+    // The next batch is about as large: room for it up front instead of growing into it.
+    let next = Rows::with_capacity(rows.data_len());
+    let batch = std::mem::replace(rows, next).into_batch();
     let sink = client.copy_in::<_, Bytes>(statement).await?;
     futures_util::pin_mut!(sink);
-    sink.send(data).await?;
+    sink.send(batch.data().clone()).await?;
     let n = sink.finish().await?;
-    rows.clear();
     Ok(n)
 }

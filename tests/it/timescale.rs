@@ -368,6 +368,13 @@ async fn bad_records_are_kept_aside_and_the_rest_arrive() {
     );
     assert_eq!(reasons[2].0, "frame_metadata");
     assert!(reasons[2].1.contains("width_positive"), "{reasons:?}");
+    // The refused row is kept as its cells, read back from the COPY data.
+    let refused: serde_json::Value = rejected[2].get(2);
+    let cells = refused["row"].as_array().expect("the refused row's cells");
+    assert!(
+        cells.contains(&serde_json::json!(-1)) && cells.contains(&serde_json::json!("cam-1")),
+        "{refused}"
+    );
     let record: serde_json::Value = rejected[0].get(2);
     assert_eq!(record["attributes"]["amount"], "abc");
     assert_eq!(
@@ -466,21 +473,20 @@ async fn killed_connections_lose_and_duplicate_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_skips_a_replayed_batch() {
     use otelgate::sink::timescale::sink::{copy_batch, pool, Written};
-    use otelgate::sink::timescale::{encode_copy, Cell};
+    use otelgate::sink::timescale::{Cell, Rows};
     let pg = TempPostgres::start(false).unwrap();
     let config = sink_config(&pg.url());
     // Migrate through a gateway start, then write batches by hand.
     let gateway = gateway_with_sink(config.clone()).await;
     let pool = pool(&config).unwrap();
-    let rows: Vec<Vec<Cell>> = (0..3)
-        .map(|i| {
-            vec![
-                Cell::Timestamp(1_700_000_000_000_000_000 + i),
-                Cell::Text(format!("cam-{i}")),
-            ]
-        })
-        .collect();
-    let data = encode_copy(rows.iter().map(Vec::as_slice));
+    let mut rows = Rows::default();
+    for i in 0..3 {
+        rows.push(&[
+            Cell::Timestamp(1_700_000_000_000_000_000 + i),
+            Cell::Text(format!("cam-{i}")),
+        ]);
+    }
+    let data = rows.into_batch().data().clone();
     let sql = "COPY frame_metadata (time, camera_id) FROM STDIN (FORMAT binary)";
     let id = uuid::Uuid::new_v4();
     assert_eq!(

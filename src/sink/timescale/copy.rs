@@ -1,7 +1,8 @@
 //! Rows to PostgreSQL binary COPY data. Cells are encoded by hand (the formats are fixed and
-//! simple), straight into one buffer per batch, so a retried batch resends the same bytes.
+//! simple) as rows are extracted, straight into the buffer a batch is sent from, so a retried
+//! batch resends the same bytes.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::mapping::ColumnType;
 
@@ -20,7 +21,7 @@ pub enum Cell {
     /// Nanoseconds since the Unix epoch (stored with microsecond precision).
     Timestamp(i64),
     Uuid([u8; 16]),
-    /// JSON text, rendered once when the row is built (see `Cell::json`).
+    /// JSON text (see `Cell::json`).
     Json(Box<str>),
     Bytea(Vec<u8>),
 }
@@ -29,22 +30,6 @@ impl Cell {
     /// A JSON cell from a `serde_json::Value`.
     pub fn json(value: &serde_json::Value) -> Cell {
         Cell::Json(value.to_string().into_boxed_str())
-    }
-
-    /// Whether this cell may go into a column of `ty` (NULL goes anywhere).
-    pub fn fits(&self, ty: ColumnType) -> bool {
-        matches!(
-            (self, ty),
-            (Cell::Null, _)
-                | (Cell::Text(_), ColumnType::Text)
-                | (Cell::Int8(_), ColumnType::Int8)
-                | (Cell::Float8(_), ColumnType::Float8)
-                | (Cell::Bool(_), ColumnType::Bool)
-                | (Cell::Timestamp(_), ColumnType::Timestamptz)
-                | (Cell::Uuid(_), ColumnType::Uuid)
-                | (Cell::Json(_), ColumnType::Jsonb)
-                | (Cell::Bytea(_), ColumnType::Bytea)
-        )
     }
 
     /// A JSON rendering, for the rejected-rows table.
@@ -64,54 +49,6 @@ impl Cell {
             Cell::Bytea(b) => Value::String(hex(b)),
         }
     }
-
-    /// Bytes `encode` writes: the length word and the value.
-    fn encoded_len(&self) -> usize {
-        4 + match self {
-            Cell::Null => 0,
-            Cell::Text(s) => s.len(),
-            Cell::Int8(_) | Cell::Float8(_) | Cell::Timestamp(_) => 8,
-            Cell::Bool(_) => 1,
-            Cell::Uuid(u) => u.len(),
-            Cell::Json(text) => 1 + text.len(),
-            Cell::Bytea(b) => b.len(),
-        }
-    }
-
-    fn encode(&self, buf: &mut BytesMut) {
-        match self {
-            Cell::Null => buf.put_i32(-1),
-            Cell::Text(s) => put_bytes(buf, s.as_bytes()),
-            Cell::Int8(i) => {
-                buf.put_i32(8);
-                buf.put_i64(*i);
-            }
-            Cell::Float8(f) => {
-                buf.put_i32(8);
-                buf.put_f64(*f);
-            }
-            Cell::Bool(b) => {
-                buf.put_i32(1);
-                buf.put_u8(u8::from(*b));
-            }
-            Cell::Timestamp(ns) => {
-                buf.put_i32(8);
-                buf.put_i64(ns.div_euclid(1000) - PG_EPOCH_UNIX_SECS * 1_000_000);
-            }
-            Cell::Uuid(u) => put_bytes(buf, u),
-            Cell::Json(text) => {
-                buf.put_i32(text.len() as i32 + 1);
-                buf.put_u8(1); // jsonb binary format version
-                buf.put_slice(text.as_bytes());
-            }
-            Cell::Bytea(b) => put_bytes(buf, b),
-        }
-    }
-}
-
-fn put_bytes(buf: &mut BytesMut, bytes: &[u8]) {
-    buf.put_i32(bytes.len() as i32);
-    buf.put_slice(bytes);
 }
 
 /// Lower-case hex of `bytes`.
@@ -119,31 +56,287 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Encodes rows (all of the same width) as a complete binary COPY stream, into one buffer
-/// of the exact size (measured first: growing a buffer of megabytes copies it and faults in
-/// fresh pages each time).
-pub fn encode_copy<'a, I>(rows: I) -> Bytes
-where
-    I: IntoIterator<Item = &'a [Cell]>,
-    I::IntoIter: Clone,
-{
-    let rows = rows.into_iter();
-    let size: usize = rows
-        .clone()
-        .map(|row| 2 + row.iter().map(Cell::encoded_len).sum::<usize>())
-        .sum();
-    let mut buf = BytesMut::with_capacity(MAGIC.len() + 8 + size + 2);
-    buf.put_slice(MAGIC);
-    buf.put_i32(0); // flags
-    buf.put_i32(0); // header extension length
-    for row in rows {
-        buf.put_i16(row.len() as i16);
-        for cell in row {
-            cell.encode(&mut buf);
+/// The stream header: signature, flags, header extension length.
+const HEADER_LEN: usize = MAGIC.len() + 8;
+
+/// Rows encoded in binary COPY format as they are extracted, back to back behind the
+/// stream's header, so a batch is sent as it was built: no cell is allocated on its own, and
+/// there is no second pass to encode them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rows {
+    buf: Vec<u8>,
+    /// Where each row ends in `buf`.
+    ends: Vec<usize>,
+}
+
+impl Default for Rows {
+    fn default() -> Self {
+        Rows::with_capacity(0)
+    }
+}
+
+impl Rows {
+    /// No rows, with room for `bytes` of them.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(HEADER_LEN + bytes + 2);
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&[0; 8]); // flags, header extension length
+        Rows {
+            buf,
+            ends: Vec::new(),
         }
     }
-    buf.put_i16(-1);
-    buf.freeze()
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes of row data.
+    pub fn data_len(&self) -> usize {
+        self.buf.len() - HEADER_LEN
+    }
+
+    /// Starts a row. Its cells are written through the returned [`RowWriter`]; the row counts
+    /// once `finish` is called, and is taken back if the writer is dropped before.
+    pub fn row(&mut self) -> RowWriter<'_> {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0, 0]); // field count, set by `finish`
+        RowWriter {
+            rows: self,
+            start,
+            fields: 0,
+            finished: false,
+        }
+    }
+
+    /// Appends a row of cells.
+    pub fn push(&mut self, cells: &[Cell]) {
+        let mut row = self.row();
+        for cell in cells {
+            row.cell(cell);
+        }
+        row.finish();
+    }
+
+    /// Appends every row of `other`.
+    pub fn append(&mut self, other: &Rows) {
+        let offset = self.buf.len() - HEADER_LEN;
+        self.buf.extend_from_slice(&other.buf[HEADER_LEN..]);
+        self.ends.extend(other.ends.iter().map(|end| end + offset));
+    }
+
+    /// Appends row `index` of `other`.
+    pub fn append_row(&mut self, other: &Rows, index: usize) {
+        self.buf
+            .extend_from_slice(row_bytes(&other.buf, &other.ends, index));
+        self.ends.push(self.buf.len());
+    }
+
+    /// Empties the rows, keeping the memory.
+    pub fn clear(&mut self) {
+        self.buf.truncate(HEADER_LEN);
+        self.ends.clear();
+    }
+
+    /// The rows as a complete COPY stream, without copying them.
+    pub fn into_batch(mut self) -> Batch {
+        self.buf.extend_from_slice(&(-1i16).to_be_bytes());
+        Batch {
+            data: self.buf.into(),
+            ends: self.ends,
+        }
+    }
+}
+
+/// Rows as a complete binary COPY stream, ready to send (and to resend).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    data: Bytes,
+    /// Where each row ends in `data`.
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The COPY stream.
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// The rows before `at`, and the rest, as two batches.
+    pub fn split_at(&self, at: usize) -> (Batch, Batch) {
+        let part = |range: std::ops::Range<usize>| {
+            let mut rows = Rows::default();
+            for index in range {
+                rows.buf
+                    .extend_from_slice(row_bytes(&self.data, &self.ends, index));
+                rows.ends.push(rows.buf.len());
+            }
+            rows.into_batch()
+        };
+        (part(0..at), part(at..self.len()))
+    }
+
+    /// Row `index` decoded back into cells of `types` (one per column), for the
+    /// rejected-rows table. `None` if the row does not have that shape.
+    pub fn decode_row(&self, index: usize, types: &[ColumnType]) -> Option<Vec<Cell>> {
+        decode_row(row_bytes(&self.data, &self.ends, index), types)
+    }
+}
+
+fn row_bytes<'a>(buf: &'a [u8], ends: &[usize], index: usize) -> &'a [u8] {
+    let start = match index {
+        0 => HEADER_LEN,
+        _ => ends[index - 1],
+    };
+    &buf[start..ends[index]]
+}
+
+fn decode_row(mut bytes: &[u8], types: &[ColumnType]) -> Option<Vec<Cell>> {
+    let mut take = |n: usize| {
+        let (head, tail) = bytes.split_at_checked(n)?;
+        bytes = tail;
+        Some(head)
+    };
+    let fields = i16::from_be_bytes(take(2)?.try_into().ok()?);
+    if fields as usize != types.len() {
+        return None;
+    }
+    let mut cells = Vec::with_capacity(types.len());
+    for ty in types {
+        let len = i32::from_be_bytes(take(4)?.try_into().ok()?);
+        if len < 0 {
+            cells.push(Cell::Null);
+            continue;
+        }
+        let value = take(len as usize)?;
+        let word = || value.try_into().ok().map(i64::from_be_bytes);
+        cells.push(match ty {
+            ColumnType::Text => Cell::Text(std::str::from_utf8(value).ok()?.to_owned()),
+            ColumnType::Int8 => Cell::Int8(word()?),
+            ColumnType::Float8 => Cell::Float8(f64::from_bits(word()? as u64)),
+            ColumnType::Bool => Cell::Bool(<[u8; 1]>::try_from(value).ok()? != [0]),
+            ColumnType::Timestamptz => {
+                Cell::Timestamp((word()? + PG_EPOCH_UNIX_SECS * 1_000_000) * 1000)
+            }
+            ColumnType::Uuid => Cell::Uuid(value.try_into().ok()?),
+            ColumnType::Jsonb => {
+                let text = value.strip_prefix(&[1])?;
+                Cell::Json(std::str::from_utf8(text).ok()?.into())
+            }
+            ColumnType::Bytea => Cell::Bytea(value.to_vec()),
+        });
+    }
+    bytes.is_empty().then_some(cells)
+}
+
+/// Writes the cells of one row (see [`Rows::row`]).
+pub struct RowWriter<'a> {
+    rows: &'a mut Rows,
+    start: usize,
+    fields: i16,
+    finished: bool,
+}
+
+impl RowWriter<'_> {
+    fn value(&mut self, bytes: &[u8]) {
+        self.fields += 1;
+        let buf = &mut self.rows.buf;
+        buf.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        buf.extend_from_slice(bytes);
+    }
+
+    pub fn null(&mut self) {
+        self.fields += 1;
+        self.rows.buf.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+
+    pub fn text(&mut self, text: &str) {
+        self.value(text.as_bytes());
+    }
+
+    pub fn int8(&mut self, value: i64) {
+        self.value(&value.to_be_bytes());
+    }
+
+    pub fn float8(&mut self, value: f64) {
+        self.value(&value.to_be_bytes());
+    }
+
+    pub fn bool(&mut self, value: bool) {
+        self.value(&[u8::from(value)]);
+    }
+
+    /// Nanoseconds since the Unix epoch (stored with microsecond precision).
+    pub fn timestamp(&mut self, nanos: i64) {
+        self.int8(nanos.div_euclid(1000) - PG_EPOCH_UNIX_SECS * 1_000_000);
+    }
+
+    pub fn uuid(&mut self, value: &[u8; 16]) {
+        self.value(value);
+    }
+
+    pub fn bytea(&mut self, value: &[u8]) {
+        self.value(value);
+    }
+
+    /// A jsonb value rendered by serde_json straight into the row.
+    pub fn json(&mut self, value: &impl serde::Serialize) {
+        self.fields += 1;
+        let buf = &mut self.rows.buf;
+        let at = buf.len();
+        buf.extend_from_slice(&[0, 0, 0, 0, 1]); // length, set below; jsonb format version
+        serde_json::to_writer(&mut *buf, value).expect("string keys; writing to memory");
+        let len = (buf.len() - at - 4) as i32;
+        buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    pub fn cell(&mut self, cell: &Cell) {
+        match cell {
+            Cell::Null => self.null(),
+            Cell::Text(s) => self.text(s),
+            Cell::Int8(i) => self.int8(*i),
+            Cell::Float8(f) => self.float8(*f),
+            Cell::Bool(b) => self.bool(*b),
+            Cell::Timestamp(ns) => self.timestamp(*ns),
+            Cell::Uuid(u) => self.uuid(u),
+            Cell::Json(text) => {
+                self.fields += 1;
+                let buf = &mut self.rows.buf;
+                buf.extend_from_slice(&(text.len() as i32 + 1).to_be_bytes());
+                buf.push(1);
+                buf.extend_from_slice(text.as_bytes());
+            }
+            Cell::Bytea(b) => self.bytea(b),
+        }
+    }
+
+    /// Completes the row.
+    pub fn finish(mut self) {
+        let buf = &mut self.rows.buf;
+        buf[self.start..self.start + 2].copy_from_slice(&self.fields.to_be_bytes());
+        self.rows.ends.push(buf.len());
+        self.finished = true;
+    }
+}
+
+impl Drop for RowWriter<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.rows.buf.truncate(self.start);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -152,12 +345,13 @@ mod tests {
 
     #[test]
     fn encodes_the_binary_copy_format() {
-        let rows = [vec![
+        let mut rows = Rows::default();
+        rows.push(&[
             Cell::Int8(1),
             Cell::Null,
             Cell::Timestamp(946_684_800_000_001_000),
-        ]];
-        let data = encode_copy(rows.iter().map(Vec::as_slice));
+        ]);
+        let data = rows.into_batch().data().clone();
         let mut expected = Vec::new();
         expected.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
@@ -171,27 +365,101 @@ mod tests {
         assert_eq!(&data[..], &expected[..]);
     }
 
-    #[test]
-    fn measures_exactly_what_it_writes() {
-        let row = vec![
+    fn every_type() -> (Vec<Cell>, Vec<ColumnType>) {
+        let cells = vec![
             Cell::Null,
             Cell::Text("camera é".into()),
             Cell::Int8(-1),
             Cell::Float8(0.5),
             Cell::Bool(true),
-            Cell::Timestamp(1),
+            Cell::Timestamp(1_700_000_000_123_456_000),
             Cell::Uuid([7; 16]),
             Cell::Json("{\"a\":1}".into()),
             Cell::Bytea(vec![1, 2, 3]),
         ];
-        let rows = [row.clone(), row];
-        let data = encode_copy(rows.iter().map(Vec::as_slice));
-        let cells: usize = rows.iter().flatten().map(Cell::encoded_len).sum();
-        assert_eq!(data.len(), MAGIC.len() + 8 + 2 * 2 + cells + 2);
-        for cell in &rows[0] {
-            let mut buf = BytesMut::new();
-            cell.encode(&mut buf);
-            assert_eq!(buf.len(), cell.encoded_len(), "{cell:?}");
+        use ColumnType as T;
+        let types = vec![
+            T::Text,
+            T::Text,
+            T::Int8,
+            T::Float8,
+            T::Bool,
+            T::Timestamptz,
+            T::Uuid,
+            T::Jsonb,
+            T::Bytea,
+        ];
+        (cells, types)
+    }
+
+    #[test]
+    fn rows_decode_back_to_their_cells() {
+        let (cells, types) = every_type();
+        let mut rows = Rows::default();
+        rows.push(&cells);
+        rows.push(&[Cell::Int8(2)]);
+        let rows = rows.into_batch();
+        assert_eq!(rows.decode_row(0, &types), Some(cells));
+        assert_eq!(
+            rows.decode_row(1, &[ColumnType::Int8]),
+            Some(vec![Cell::Int8(2)])
+        );
+        // A row of another shape is not decoded as this one.
+        assert_eq!(rows.decode_row(1, &types), None);
+        assert_eq!(rows.decode_row(1, &[ColumnType::Bool]), None);
+    }
+
+    #[test]
+    fn json_is_written_in_place() {
+        let mut rows = Rows::default();
+        let mut row = rows.row();
+        row.json(&serde_json::json!({ "k": [1, "two"] }));
+        row.finish();
+        assert_eq!(
+            rows.into_batch().decode_row(0, &[ColumnType::Jsonb]),
+            Some(vec![Cell::Json("{\"k\":[1,\"two\"]}".into())])
+        );
+    }
+
+    #[test]
+    fn an_unfinished_row_is_taken_back() {
+        let mut rows = Rows::default();
+        rows.push(&[Cell::Int8(1)]);
+        let before = rows.clone();
+        let mut row = rows.row();
+        row.text("half");
+        drop(row);
+        assert_eq!(rows, before);
+    }
+
+    #[test]
+    fn batches_split_and_rows_append() {
+        let (cells, types) = every_type();
+        let mut rows = Rows::default();
+        for i in 0..5 {
+            let mut row = cells.clone();
+            row[2] = Cell::Int8(i);
+            rows.push(&row);
         }
+        let whole = rows.clone().into_batch();
+        let (left, right) = whole.split_at(2);
+        assert_eq!((left.len(), right.len()), (2, 3));
+        assert_eq!(left.decode_row(1, &types), whole.decode_row(1, &types));
+        assert_eq!(right.decode_row(0, &types), whole.decode_row(2, &types));
+        let mut joined = Rows::default();
+        joined.append(&rows);
+        joined.append(&rows);
+        let mut picked = Rows::default();
+        picked.append_row(&joined, 7);
+        assert_eq!(
+            picked.into_batch().decode_row(0, &types),
+            whole.decode_row(2, &types)
+        );
+        let joined = joined.into_batch();
+        assert_eq!(joined.len(), 10);
+        assert_eq!(joined.decode_row(9, &types), whole.decode_row(4, &types));
+        // One stream: header, ten rows, trailer.
+        let row_bytes = whole.data().len() - HEADER_LEN - 2;
+        assert_eq!(joined.data().len(), HEADER_LEN + 2 * row_bytes + 2);
     }
 }

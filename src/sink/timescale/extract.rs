@@ -1,5 +1,6 @@
 //! OTLP records to rows: walks a request, offers every span, span event and log record to
-//! the mappings that select its kind, and converts the selected ones to typed cells.
+//! the mappings that select its kind, and writes the selected ones as rows of binary COPY
+//! data (see `copy::Rows`).
 //! A record that cannot be converted becomes a rejected row (table, reason, record as JSON)
 //! instead of stopping the others.
 
@@ -10,7 +11,7 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 
 use super::config::{LlmPrice, TimescaleSinkConfig};
-use super::copy::{hex, Cell};
+use super::copy::{hex, RowWriter, Rows};
 use super::mapping::{self, ColumnType, Field, Mapping, RecordKind, Source};
 use super::view::{self, AnyValue, Event, KeyValue, LogRecord, Span, Value as AnyKind, ViewError};
 use crate::Signal;
@@ -27,13 +28,13 @@ pub struct Rejected {
 #[derive(Debug, Default)]
 pub struct RowBatch {
     /// `rows[i]` belongs to mapping `i`; each row has the standard columns then the mapping's.
-    pub rows: Vec<Vec<Vec<Cell>>>,
+    pub rows: Vec<Rows>,
     pub rejected: Vec<Rejected>,
 }
 
 impl RowBatch {
     pub fn row_count(&self) -> usize {
-        self.rows.iter().map(Vec::len).sum()
+        self.rows.iter().map(Rows::len).sum()
     }
 }
 
@@ -124,68 +125,62 @@ impl Record<'_> {
         }
     }
 
-    fn field(&self, field: Field) -> Option<Cell> {
+    fn field(&self, field: Field) -> Option<Raw<'_>> {
         let span = self.span;
-        let text = |s: &str| (!s.is_empty()).then(|| Cell::Text(s.to_owned()));
+        let text = |s| (!str::is_empty(s)).then_some(Raw::Text(s));
+        let nanos = |n: u64| n.min(i64::MAX as u64) as i64;
         match field {
-            Field::Time => Some(Cell::Timestamp(self.time())),
-            Field::EndTime => {
-                span.map(|s| Cell::Timestamp(s.end_time_unix_nano.min(i64::MAX as u64) as i64))
-            }
+            Field::Time => Some(Raw::Timestamp(self.time())),
+            Field::EndTime => span.map(|s| Raw::Timestamp(nanos(s.end_time_unix_nano))),
             Field::DurationMs => span.map(|s| {
-                Cell::Float8(
+                Raw::Float8(
                     s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano) as f64 / 1e6,
                 )
             }),
-            Field::TraceId => self.trace_id().map(|id| Cell::Bytea(id.to_vec())),
-            Field::SpanId => self.span_id().map(|id| Cell::Bytea(id.to_vec())),
+            Field::TraceId => self.trace_id().map(Raw::Bytes),
+            Field::SpanId => self.span_id().map(Raw::Bytes),
             Field::ParentSpanId => span
                 .filter(|s| !s.parent_span_id.is_empty())
-                .map(|s| Cell::Bytea(s.parent_span_id.to_vec())),
+                .map(|s| Raw::Bytes(s.parent_span_id)),
             Field::Name => text(self.name()),
             Field::Kind => span.map(|s| {
-                Cell::Text(
-                    span::SpanKind::try_from(s.kind)
-                        .map_or("unspecified", |k| k.as_str_name())
-                        .to_owned(),
+                Raw::Text(
+                    span::SpanKind::try_from(s.kind).map_or("unspecified", |k| k.as_str_name()),
                 )
             }),
             Field::Status => span.map(|s| {
                 let code = s.status.as_ref().map_or(0, |st| st.code);
-                Cell::Text(
-                    match status::StatusCode::try_from(code) {
-                        Ok(status::StatusCode::Ok) => "ok",
-                        Ok(status::StatusCode::Error) => "error",
-                        _ => "unset",
-                    }
-                    .to_owned(),
-                )
+                Raw::Text(match status::StatusCode::try_from(code) {
+                    Ok(status::StatusCode::Ok) => "ok",
+                    Ok(status::StatusCode::Error) => "error",
+                    _ => "unset",
+                })
             }),
             Field::StatusMessage => span
                 .and_then(|s| s.status.as_ref())
                 .and_then(|st| text(st.message)),
             Field::StatusError => span.and_then(|s| s.status.as_ref()).and_then(|st| {
-                (st.code == status::StatusCode::Error as i32).then(|| {
-                    Cell::Text(if st.message.is_empty() {
-                        "error".into()
+                (st.code == status::StatusCode::Error as i32).then_some(Raw::Text(
+                    if st.message.is_empty() {
+                        "error"
                     } else {
-                        st.message.to_owned()
-                    })
-                })
+                        st.message
+                    },
+                ))
             }),
             Field::SeverityNumber => self
                 .log
                 .filter(|l| l.severity_number != 0)
-                .map(|l| Cell::Int8(l.severity_number.into())),
+                .map(|l| Raw::Int8(l.severity_number.into())),
             Field::SeverityText => self.log.and_then(|l| text(l.severity_text)),
             Field::Body => self
                 .log
                 .and_then(|l| l.body.as_ref())
                 .map(|b| match &b.value {
-                    Some(AnyKind::StringValue(s)) => Cell::Text((*s).to_owned()),
-                    _ => json_cell(&AnyJson(b)),
+                    Some(AnyKind::StringValue(s)) => Raw::Text(s),
+                    _ => Raw::Json(b),
                 }),
-            Field::ServiceName => self.service_name().map(|s| Cell::Text(s.to_owned())),
+            Field::ServiceName => self.service_name().map(Raw::Text),
             Field::ScopeName => text(self.scope_name),
         }
     }
@@ -198,8 +193,8 @@ impl Record<'_> {
                 .and_then(|s| find(&s.attributes, key))
                 .map(Raw::Any),
             Source::Resource(key) => find(self.resource, key).map(Raw::Any),
-            Source::Field(field) => self.field(*field).map(Raw::Cell),
-            Source::CostUsd => self.cost_usd(prices).map(|c| Raw::Cell(Cell::Float8(c))),
+            Source::Field(field) => self.field(*field),
+            Source::CostUsd => self.cost_usd(prices).map(Raw::Float8),
         }
     }
 
@@ -257,10 +252,18 @@ impl Record<'_> {
     }
 }
 
-/// A source's value before conversion to the column type.
+/// A source's value before conversion to the column type: an attribute's value, or one of
+/// the record's fields.
+#[derive(Debug)]
 enum Raw<'a> {
     Any(&'a AnyValue<'a>),
-    Cell(Cell),
+    Text(&'a str),
+    Bytes(&'a [u8]),
+    Int8(i64),
+    Float8(f64),
+    Timestamp(i64),
+    /// A log body that is not a string: fits jsonb only.
+    Json(&'a AnyValue<'a>),
 }
 
 /// AnyValue as JSON (bytes as hex; non-finite doubles as null).
@@ -329,66 +332,61 @@ impl Serialize for AttributesJson<'_> {
     }
 }
 
-fn json_cell(value: &impl Serialize) -> Cell {
-    let text = serde_json::to_string(value).expect("AnyValue JSON has string keys");
-    Cell::Json(text.into_boxed_str())
-}
-
-/// Converts a value to a column type, or says why not.
-fn convert(raw: Raw<'_>, ty: ColumnType) -> Result<Cell, String> {
+/// Writes a value as a cell of column type `ty`, or says why it cannot be one (and writes
+/// nothing).
+fn convert(raw: Raw<'_>, ty: ColumnType, row: &mut RowWriter<'_>) -> Result<(), String> {
     use AnyKind as V;
+    use ColumnType as T;
     let any = match raw {
-        Raw::Cell(cell) => {
-            return match (cell, ty) {
-                (cell, ty) if cell.fits(ty) => Ok(cell),
-                (Cell::Int8(i), ColumnType::Float8) => Ok(Cell::Float8(i as f64)),
-                (Cell::Text(s), ColumnType::Jsonb) => Ok(json_cell(&s)),
-                (Cell::Bytea(b), ColumnType::Text) => Ok(Cell::Text(hex(&b))),
-                (cell, ty) => Err(format!("cannot store {cell:?} as {}", ty.sql())),
-            };
-        }
         Raw::Any(any) => any,
+        raw => {
+            match (raw, ty) {
+                (Raw::Text(s), T::Text) => row.text(s),
+                (Raw::Text(s), T::Jsonb) => row.json(&s),
+                (Raw::Bytes(b), T::Bytea) => row.bytea(b),
+                (Raw::Bytes(b), T::Text) => row.text(&hex(b)),
+                (Raw::Int8(i), T::Int8) => row.int8(i),
+                (Raw::Int8(i), T::Float8) => row.float8(i as f64),
+                (Raw::Float8(f), T::Float8) => row.float8(f),
+                (Raw::Timestamp(ns), T::Timestamptz) => row.timestamp(ns),
+                (Raw::Json(any), T::Jsonb) => row.json(&AnyJson(any)),
+                (raw, ty) => return Err(format!("cannot store {raw:?} as {}", ty.sql())),
+            }
+            return Ok(());
+        }
     };
     let value = any.value.as_ref().expect("find() skips empty values");
     let mismatch = || format!("cannot store {} as {}", any_to_json(any), ty.sql());
-    let cell = match (ty, value) {
-        (ColumnType::Text, V::StringValue(s)) => Cell::Text((*s).to_owned()),
-        (ColumnType::Text, V::IntValue(i)) => Cell::Text(i.to_string()),
-        (ColumnType::Text, V::DoubleValue(d)) => Cell::Text(d.to_string()),
-        (ColumnType::Text, V::BoolValue(b)) => Cell::Text(b.to_string()),
-        (ColumnType::Text, _) => Cell::Text(any_to_json(any).to_string()),
-        (ColumnType::Int8, V::IntValue(i)) => Cell::Int8(*i),
-        (ColumnType::Int8, V::DoubleValue(d)) if d.fract() == 0.0 && d.abs() < 9.0e18 => {
-            Cell::Int8(*d as i64)
+    match (ty, value) {
+        (T::Text, V::StringValue(s)) if s.contains('\0') => {
+            return Err("text contains a NUL byte, which PostgreSQL cannot store".into())
         }
-        (ColumnType::Int8, V::StringValue(s)) => {
-            Cell::Int8(s.trim().parse().map_err(|_| mismatch())?)
+        (T::Text, V::StringValue(s)) => row.text(s),
+        (T::Text, V::IntValue(i)) => row.text(&i.to_string()),
+        (T::Text, V::DoubleValue(d)) => row.text(&d.to_string()),
+        (T::Text, V::BoolValue(b)) => row.text(if *b { "true" } else { "false" }),
+        (T::Text, _) => row.text(&serde_json::to_string(&AnyJson(any)).expect("string keys")),
+        (T::Int8, V::IntValue(i)) => row.int8(*i),
+        (T::Int8, V::DoubleValue(d)) if d.fract() == 0.0 && d.abs() < 9.0e18 => row.int8(*d as i64),
+        (T::Int8, V::StringValue(s)) => row.int8(s.trim().parse().map_err(|_| mismatch())?),
+        (T::Float8, V::DoubleValue(d)) => row.float8(*d),
+        (T::Float8, V::IntValue(i)) => row.float8(*i as f64),
+        (T::Float8, V::StringValue(s)) => row.float8(s.trim().parse().map_err(|_| mismatch())?),
+        (T::Bool, V::BoolValue(b)) => row.bool(*b),
+        (T::Bool, V::StringValue(s)) => row.bool(s.parse().map_err(|_| mismatch())?),
+        (T::Timestamptz, V::IntValue(ns)) => row.timestamp(*ns),
+        (T::Uuid, V::StringValue(s)) => {
+            row.uuid(uuid::Uuid::parse_str(s).map_err(|_| mismatch())?.as_bytes())
         }
-        (ColumnType::Float8, V::DoubleValue(d)) => Cell::Float8(*d),
-        (ColumnType::Float8, V::IntValue(i)) => Cell::Float8(*i as f64),
-        (ColumnType::Float8, V::StringValue(s)) => {
-            Cell::Float8(s.trim().parse().map_err(|_| mismatch())?)
+        (T::Uuid, V::BytesValue(b)) => {
+            row.uuid(&<[u8; 16]>::try_from(&b[..]).map_err(|_| mismatch())?)
         }
-        (ColumnType::Bool, V::BoolValue(b)) => Cell::Bool(*b),
-        (ColumnType::Bool, V::StringValue(s)) => Cell::Bool(s.parse().map_err(|_| mismatch())?),
-        (ColumnType::Timestamptz, V::IntValue(ns)) => Cell::Timestamp(*ns),
-        (ColumnType::Uuid, V::StringValue(s)) => {
-            Cell::Uuid(*uuid::Uuid::parse_str(s).map_err(|_| mismatch())?.as_bytes())
-        }
-        (ColumnType::Uuid, V::BytesValue(b)) => {
-            Cell::Uuid(<[u8; 16]>::try_from(&b[..]).map_err(|_| mismatch())?)
-        }
-        (ColumnType::Jsonb, _) => json_cell(&AnyJson(any)),
-        (ColumnType::Bytea, V::BytesValue(b)) => Cell::Bytea(b.to_vec()),
-        (ColumnType::Bytea, V::StringValue(s)) => Cell::Bytea(s.as_bytes().to_vec()),
+        (T::Jsonb, _) => row.json(&AnyJson(any)),
+        (T::Bytea, V::BytesValue(b)) => row.bytea(b),
+        (T::Bytea, V::StringValue(s)) => row.bytea(s.as_bytes()),
         _ => return Err(mismatch()),
-    };
-    if let Cell::Text(s) = &cell {
-        if s.contains('\0') {
-            return Err("text contains a NUL byte, which PostgreSQL cannot store".into());
-        }
     }
-    Ok(cell)
+    Ok(())
 }
 
 impl Extractor {
@@ -406,7 +404,7 @@ impl Extractor {
     /// An empty batch shaped for these mappings.
     pub fn batch(&self) -> RowBatch {
         RowBatch {
-            rows: vec![Vec::new(); self.mappings.len()],
+            rows: vec![Rows::default(); self.mappings.len()],
             rejected: Vec::new(),
         }
     }
@@ -467,56 +465,52 @@ impl Extractor {
             if mapping.record != record.kind || !selects(mapping, record) {
                 continue;
             }
-            match self.row(mapping, record) {
-                Ok(row) => out.rows[index].push(row),
-                Err(reason) => out.rejected.push(Rejected {
+            if let Err(reason) = self.row(mapping, record, &mut out.rows[index]) {
+                out.rejected.push(Rejected {
                     table: mapping.table.clone(),
                     reason,
                     record: record.to_json(),
-                }),
+                });
             }
         }
     }
 
-    fn row(&self, mapping: &Mapping, record: &Record<'_>) -> Result<Vec<Cell>, String> {
-        let mut row = Vec::with_capacity(5 + mapping.columns.len());
-        row.push(Cell::Timestamp(record.time()));
-        row.push(
-            record
-                .trace_id()
-                .map_or(Cell::Null, |id| Cell::Bytea(id.to_vec())),
-        );
-        row.push(
-            record
-                .span_id()
-                .map_or(Cell::Null, |id| Cell::Bytea(id.to_vec())),
-        );
-        row.push(
-            record
-                .service_name()
-                .map_or(Cell::Null, |s| Cell::Text(s.to_owned())),
-        );
-        row.push(json_cell(&AttributesJson {
+    /// Writes the row `mapping` makes of `record` to `rows`, or says why there is none.
+    fn row(&self, mapping: &Mapping, record: &Record<'_>, rows: &mut Rows) -> Result<(), String> {
+        let mut row = rows.row();
+        row.timestamp(record.time());
+        match record.trace_id() {
+            Some(id) => row.bytea(id),
+            None => row.null(),
+        }
+        match record.span_id() {
+            Some(id) => row.bytea(id),
+            None => row.null(),
+        }
+        match record.service_name() {
+            Some(name) => row.text(name),
+            None => row.null(),
+        }
+        row.json(&AttributesJson {
             attributes: record.attributes(),
             skip: &mapping.consumed,
-        }));
+        });
         for column in &mapping.columns {
             let raw = column
                 .sources
                 .iter()
                 .find_map(|s| record.source(s, &self.prices));
-            let cell = match raw {
-                Some(raw) => {
-                    convert(raw, column.ty).map_err(|e| format!("column {}: {e}", column.name))?
-                }
+            match raw {
+                Some(raw) => convert(raw, column.ty, &mut row)
+                    .map_err(|e| format!("column {}: {e}", column.name))?,
                 None if column.required => {
                     return Err(format!("column {}: required value missing", column.name))
                 }
-                None => Cell::Null,
-            };
-            row.push(cell);
+                None => row.null(),
+            }
         }
-        Ok(row)
+        row.finish();
+        Ok(())
     }
 }
 
@@ -563,11 +557,9 @@ mod tests {
         }
     }
 
-    fn parsed(cell: Cell) -> Value {
-        let Cell::Json(text) = cell else {
-            panic!("not JSON: {cell:?}")
-        };
-        serde_json::from_str(&text).expect("valid JSON")
+    fn parsed(value: &impl Serialize) -> Value {
+        serde_json::from_str(&serde_json::to_string(value).expect("serializable"))
+            .expect("valid JSON")
     }
 
     #[test]
@@ -590,7 +582,7 @@ mod tests {
                 value: None,
             },
         ]));
-        assert_eq!(parsed(json_cell(&AnyJson(&nested))), any_to_json(&nested));
+        assert_eq!(parsed(&AnyJson(&nested)), any_to_json(&nested));
     }
 
     #[test]
@@ -603,13 +595,13 @@ mod tests {
             kv("score", V::DoubleValue(0.5)),
         ];
         let skip = BTreeSet::from(["frame.id".to_string()]);
-        let cell = json_cell(&AttributesJson {
+        let json = AttributesJson {
             attributes: &attributes,
             skip: &skip,
-        });
+        };
         // serde_json keeps the last of repeated keys when parsing, as jsonb does.
         assert_eq!(
-            parsed(cell),
+            parsed(&json),
             serde_json::json!({ "camera": "b", "score": 0.5 })
         );
     }

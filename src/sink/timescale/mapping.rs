@@ -336,11 +336,11 @@ pub fn compile(config: &TimescaleSinkConfig) -> Result<Vec<Mapping>, String> {
 }
 
 /// The columns one mapping writes, in row order: the standard columns, then its own.
-pub fn mapping_columns(mapping: &Mapping) -> Vec<String> {
+pub fn mapping_columns(mapping: &Mapping) -> Vec<(String, ColumnType)> {
     STANDARD_COLUMNS
         .iter()
-        .map(|(n, _)| n.to_string())
-        .chain(mapping.columns.iter().map(|c| c.name.clone()))
+        .map(|(n, t)| (n.to_string(), *t))
+        .chain(mapping.columns.iter().map(|c| (c.name.clone(), c.ty)))
         .collect()
 }
 

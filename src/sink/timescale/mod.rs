@@ -13,7 +13,7 @@ pub mod sink;
 mod view;
 
 pub use config::{LlmPrice, TimescaleSinkConfig};
-pub use copy::{encode_copy, Cell};
+pub use copy::{Batch, Cell, RowWriter, Rows};
 pub use error::TimescaleSinkError;
 pub use extract::{Extractor, RowBatch};
 pub use mapping::{mapping_columns, ColumnType, Mapping, MappingConfig, RecordKind};

@@ -18,9 +18,10 @@ use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
 use super::config::TimescaleSinkConfig;
-use super::copy::{encode_copy, Cell};
+use super::copy::{Batch, Cell, Rows};
 use super::error::{Failure, TimescaleSinkError};
 use super::extract::{Extractor, RowBatch};
+use super::mapping::ColumnType;
 use crate::export::otlp::{Backoff, RetryConfig};
 use crate::pipeline::{Delivery, Payload, QueueReceiver};
 use crate::telemetry::{self, reason};
@@ -42,20 +43,39 @@ pub struct SinkReport {
 struct Target {
     table: String,
     copy_sql: String,
+    /// The columns' types, to read a refused row back.
+    types: Vec<ColumnType>,
     /// The rows are records rejected during extraction, for `otelgate_rejected_rows`.
     rejections: bool,
 }
 
 impl Target {
-    fn new(table: &str, columns: &[&str]) -> Self {
-        let columns: Vec<String> = columns.iter().map(|c| format!("\"{c}\"")).collect();
+    fn new(table: &str, columns: &[(String, ColumnType)]) -> Self {
+        let names: Vec<String> = columns.iter().map(|(c, _)| format!("\"{c}\"")).collect();
         Target {
             table: table.to_owned(),
             copy_sql: format!(
                 "COPY \"{table}\" ({}) FROM STDIN (FORMAT binary)",
-                columns.join(", ")
+                names.join(", ")
             ),
+            types: columns.iter().map(|(_, ty)| *ty).collect(),
             rejections: false,
+        }
+    }
+
+    /// `otelgate_rejected_rows`.
+    fn rejected() -> Self {
+        let columns = [
+            ("time", ColumnType::Timestamptz),
+            ("table_name", ColumnType::Text),
+            ("reason", ColumnType::Text),
+            ("record", ColumnType::Jsonb),
+        ];
+        let columns: Vec<(String, ColumnType)> =
+            columns.iter().map(|(n, t)| (n.to_string(), *t)).collect();
+        Target {
+            rejections: true,
+            ..Target::new("otelgate_rejected_rows", &columns)
         }
     }
 }
@@ -147,7 +167,7 @@ pub struct LogLedger {
 /// Rows waiting to be written to one target.
 #[derive(Default)]
 struct Pending {
-    rows: Vec<Vec<Cell>>,
+    rows: Rows,
     /// With the durable log: each row's key, in the same order as `rows`.
     keys: Vec<RowKey>,
     /// The requests these rows came from: they hold their memory budget (and, with the
@@ -202,19 +222,9 @@ impl TimescaleSink {
         let mut targets: Vec<Arc<Target>> = extractor
             .mappings()
             .iter()
-            .map(|m| {
-                let columns = super::mapping::mapping_columns(m);
-                let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
-                Arc::new(Target::new(&m.table, &columns))
-            })
+            .map(|m| Arc::new(Target::new(&m.table, &super::mapping::mapping_columns(m))))
             .collect();
-        targets.push(Arc::new(Target {
-            rejections: true,
-            ..Target::new(
-                "otelgate_rejected_rows",
-                &["time", "table_name", "reason", "record"],
-            )
-        }));
+        targets.push(Arc::new(Target::rejected()));
         TimescaleSink {
             extractor,
             queue,
@@ -229,10 +239,7 @@ impl TimescaleSink {
                     config.max_elapsed()
                 },
                 log_id: log.as_ref().map(|l| l.log_id),
-                rejected: Target::new(
-                    "otelgate_rejected_rows",
-                    &["time", "table_name", "reason", "record"],
-                ),
+                rejected: Target::rejected(),
             }),
             targets,
             max_rows: config.max_rows,
@@ -281,24 +288,26 @@ impl TimescaleSink {
                     self.extract(&payload, &mut scratch);
                     for (index, rows) in scratch.rows.iter_mut().enumerate() {
                         if !rows.is_empty() {
-                            self.take_rows(&mut pending[index], index, std::mem::take(rows), &payload);
+                            self.take_rows(&mut pending[index], index, rows, &payload);
+                            rows.clear();
                         }
                     }
                     // Records that could not be converted: rows of otelgate_rejected_rows,
                     // batched and ledgered like any other rows (the last target).
-                    let rejected: Vec<Vec<Cell>> = scratch.rejected.drain(..).map(|rejected| {
-                        metrics::counter!(telemetry::SINK_REJECTED_ROWS, "table" => rejected.table.clone(), "reason" => "conversion").increment(1);
-                        rejection_log.note(&rejected.table, &rejected.reason);
-                        vec![
-                            Cell::Timestamp(now_nanos()),
-                            Cell::Text(rejected.table),
-                            Cell::Text(rejected.reason),
-                            Cell::json(&rejected.record),
-                        ]
-                    }).collect();
-                    if !rejected.is_empty() {
+                    if !scratch.rejected.is_empty() {
+                        let mut rejected = Rows::default();
+                        for record in scratch.rejected.drain(..) {
+                            metrics::counter!(telemetry::SINK_REJECTED_ROWS, "table" => record.table.clone(), "reason" => "conversion").increment(1);
+                            rejection_log.note(&record.table, &record.reason);
+                            rejected.push(&[
+                                Cell::Timestamp(now_nanos()),
+                                Cell::Text(record.table),
+                                Cell::Text(record.reason),
+                                Cell::json(&record.record),
+                            ]);
+                        }
                         let index = self.targets.len() - 1;
-                        self.take_rows(&mut pending[index], index, rejected, &payload);
+                        self.take_rows(&mut pending[index], index, &rejected, &payload);
                     }
                     let full: Vec<usize> = (0..pending.len()).filter(|&i| pending[i].rows.len() >= self.max_rows).collect();
                     for index in full {
@@ -367,27 +376,27 @@ impl TimescaleSink {
     /// Adds a record's rows for target `index` to its pending batch. With the durable log,
     /// each row gets its key, and rows of a replayed record that the ledger shows committed
     /// before the restart are skipped.
-    fn take_rows(
-        &self,
-        slot: &mut Pending,
-        index: usize,
-        rows: Vec<Vec<Cell>>,
-        payload: &Delivery,
-    ) {
+    fn take_rows(&self, slot: &mut Pending, index: usize, rows: &Rows, payload: &Delivery) {
         match (payload.position(), &self.log) {
             (Some(at), Some(log)) => {
                 let table = &self.targets[index].table;
                 let replaying = at.seq < log.replay_until;
                 let before = slot.rows.len();
                 let mut skipped = 0u64;
-                for (row_index, row) in rows.into_iter().enumerate() {
-                    let key = (at.seq, row_index as u32);
-                    if replaying && log.committed.covers(table, key) {
-                        skipped += 1;
-                        continue;
+                if replaying {
+                    for row_index in 0..rows.len() {
+                        let key = (at.seq, row_index as u32);
+                        if log.committed.covers(table, key) {
+                            skipped += 1;
+                            continue;
+                        }
+                        slot.rows.append_row(rows, row_index);
+                        slot.keys.push(key);
                     }
-                    slot.rows.push(row);
-                    slot.keys.push(key);
+                } else {
+                    slot.rows.append(rows);
+                    slot.keys
+                        .extend((0..rows.len() as u32).map(|row_index| (at.seq, row_index)));
                 }
                 if skipped > 0 {
                     metrics::counter!(telemetry::SINK_REPLAY_SKIPPED_ROWS, "table" => table.clone())
@@ -397,7 +406,7 @@ impl TimescaleSink {
                     return;
                 }
             }
-            _ => slot.rows.extend(rows),
+            _ => slot.rows.append(rows),
         }
         slot.payloads.push(payload.clone());
         slot.oldest.get_or_insert(payload.received);
@@ -443,6 +452,8 @@ impl TimescaleSink {
         tasks: &mut JoinSet<()>,
     ) {
         let slot = std::mem::take(&mut pending[index]);
+        // The next batch is about as large: room for it up front instead of growing into it.
+        pending[index].rows = Rows::with_capacity(slot.rows.data_len());
         let target = self.targets[index].clone();
         let writer = self.writer.clone();
         writer
@@ -452,7 +463,7 @@ impl TimescaleSink {
         tasks.spawn(async move {
             let count = slot.rows.len() as u64;
             writer
-                .write(&target, slot.rows, slot.keys, slot.oldest)
+                .write(&target, slot.rows.into_batch(), slot.keys, slot.oldest)
                 .await;
             writer.tally.in_flight.fetch_sub(count, Ordering::Relaxed);
             drop(slot.payloads);
@@ -582,12 +593,12 @@ impl Writer {
     async fn write(
         &self,
         target: &Target,
-        rows: Vec<Vec<Cell>>,
+        rows: Batch,
         keys: Vec<RowKey>,
         oldest: Option<std::time::Instant>,
     ) {
         let mut stack = vec![(rows, keys)];
-        while let Some((mut rows, mut keys)) = stack.pop() {
+        while let Some((rows, mut keys)) = stack.pop() {
             let count = rows.len() as u64;
             let range = self.range(&keys);
             match self.write_batch(target, &target.table, &rows, range).await {
@@ -604,25 +615,28 @@ impl Writer {
                     }
                 }
                 Err((Failure::BadData, _)) if rows.len() > 1 => {
-                    let right = rows.split_off(rows.len() / 2);
-                    let right_keys = keys.split_off(keys.len().min(rows.len()));
+                    let (left, right) = rows.split_at(rows.len() / 2);
+                    let right_keys = keys.split_off(keys.len().min(left.len()));
                     stack.push((right, right_keys));
-                    stack.push((rows, keys));
+                    stack.push((left, keys));
                 }
                 Err((Failure::BadData, message)) => {
                     metrics::counter!(telemetry::SINK_REJECTED_ROWS, "table" => target.table.clone(), "reason" => "database").increment(1);
                     tracing::warn!(table = %target.table, error = %message, "PostgreSQL refused a row; kept in otelgate_rejected_rows.");
-                    let record =
-                        serde_json::Value::Array(rows[0].iter().map(Cell::to_json).collect());
+                    let record = match rows.decode_row(0, &target.types) {
+                        Some(cells) => cells.iter().map(Cell::to_json).collect(),
+                        None => serde_json::Value::Null,
+                    };
                     // Under the target's name in the ledger, so a replay skips this row too.
-                    let rejected = vec![vec![
+                    let mut rejected = Rows::default();
+                    rejected.push(&[
                         Cell::Timestamp(now_nanos()),
                         Cell::Text(target.table.clone()),
                         Cell::Text(message),
                         Cell::json(&serde_json::json!({ "row": record })),
-                    ]];
+                    ]);
                     match self
-                        .write_batch(&self.rejected, &target.table, &rejected, range)
+                        .write_batch(&self.rejected, &target.table, &rejected.into_batch(), range)
                         .await
                     {
                         Ok(()) => {
@@ -661,10 +675,10 @@ impl Writer {
         &self,
         target: &Target,
         ledger_table: &str,
-        rows: &[Vec<Cell>],
+        rows: &Batch,
         range: Option<LedgerRange>,
     ) -> Result<(), (Failure, String)> {
-        let data = encode_copy(rows.iter().map(Vec::as_slice));
+        let data = rows.data();
         let batch_id = uuid::Uuid::new_v4();
         let started = Instant::now();
         let mut backoff = Backoff::new(&RetryConfig {
@@ -675,7 +689,7 @@ impl Writer {
         let mut attempt = 0u32;
         loop {
             let error = match self
-                .try_write(target, ledger_table, &data, batch_id, rows.len(), range)
+                .try_write(target, ledger_table, data, batch_id, rows.len(), range)
                 .await
             {
                 Ok(written) => {
