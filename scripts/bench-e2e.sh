@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark on one machine, in one run:
 #  1. rows into PostgreSQL: the raw binary COPY ceiling (same rows, same batch size, written
-#     straight into the same tables) against the same rows through the gateway from OTLP,
-#     closed loop (log on and off) and paced (log on), then the ceiling again;
+#     straight into the same tables) against the same rows through the gateway from OTLP:
+#     paced (log on) between two ceiling runs, then closed loop (log on and off);
 #  2. receive-to-commit latency at fixed rates;
 #  3. OTLP forwarding: otelgate against rotel (PyPI `rotel`), both forwarding over OTLP/gRPC to
 #     the same counting backend; throughput counted where the backend received it, plus CPU
@@ -12,13 +12,13 @@
 #  4. memory under overload: peak RSS of a gateway with a 64 MiB budget under more load than
 #     PostgreSQL can take, and the throttling answers it gave instead of growing.
 #  5. the cost of durability: the same loads with the durable log on (the default: ack after
-#     fsync) and off (memory-only queues), for rows (1b/1c) and for OTLP forwarding.
+#     fsync) and off (memory-only queues), for rows (1d/1e) and for OTLP forwarding.
 # Knobs: BENCH_SECONDS (max-rate runs, default 60), BENCH_LATENCY_SECONDS (fixed-rate and
 # forwarding runs, default 30), BENCH_RATES (frames/s; default "3850 38500", about 10,000 and 100,000 rows/s), BENCH_LONG_SECONDS (the
 # original goal, 1,000 frames/s, default 300; 0 skips it), BENCH_OVERLOAD_SECONDS (default 60),
 # BENCH_SKIP_ROTEL=1, ROTEL (path of rotel-agent; default: installed from PyPI into
 # target/bench-venv), BENCH_SECTIONS (default "1 2 3 4 5"; 2 and 4 need 1's gateway config),
-# BENCH_PACED_FACTOR (1d's offered rate as a fraction of the measured ceiling, default 0.8).
+# BENCH_PACED_FACTOR (1b's offered rate as a fraction of the measured ceiling, default 0.8).
 # The durable log of each gateway lives in the temporary work directory, on the file system
 # of $TMPDIR (default /tmp), or under BENCH_LOG_DIR when set (another disk, or tmpfs to
 # separate the log's disk time from its CPU).
@@ -134,21 +134,23 @@ log "1a. raw binary COPY ceiling: ${SECS}s, 2 connections, 10000 rows per COPY"
 $BIN testbed copy --database-url "$PG_URL" --seconds "$SECS" --connections 2 --batch 100 --rows-per-copy 10000 >"$OUT/copy.json"
 COPY_RPS=$(json "$OUT/copy.json" "round(d['rows_per_second'])")
 
-log "1b. the same rows through the gateway, durable log on: ${SECS}s closed-loop OTLP/gRPC load"
-GW_RPS=$(max_rate_rows gateway)
-log "1c. the same with the durable log off (memory-only queues)"
-MEM_RPS=$(max_rate_rows gateway-memory)
-# Closed loop, the log acknowledges at disk speed, so the client sends more than the sink
-# commits and the rest is committed after it stops. 1d offers a fixed 0.8 x the ceiling
-# instead: sustained means committed while the load runs, with no backlog at the end.
+# The sustained rate: the gateway with its log on, offered a fixed fraction of the ceiling.
+# Sustained means committed while the load runs, with no backlog at the end. It runs right
+# after the ceiling, and the ceiling is measured again right after it: the same COPY moves
+# by 10% between runs here and slows as the tables and their indexes grow (each of these
+# runs adds about 10 M rows), so the paced row is compared with the ceilings on both sides.
 PACED_FPS=$(python3 -c "print(round($COPY_RPS * $PACED_FACTOR / 2.6))")
-log "1d. durable log on, paced at $PACED_FACTOR x the ceiling: $PACED_FPS frames/s for ${SECS}s"
+log "1b. the same rows through the gateway, durable log on, paced at $PACED_FACTOR x the ceiling: $PACED_FPS frames/s for ${SECS}s"
 max_rate_rows gateway "$PACED_FPS" >/dev/null
-# The ceiling again, on the tables as the gateway runs left them: the rate of the same COPY
-# moves by 10% between runs here and falls as the tables and their indexes grow, so the
-# paced row is also compared with the mean of the ceilings before and after it.
-log "1e. raw binary COPY ceiling again, after the gateway runs: ${SECS}s"
+log "1c. raw binary COPY ceiling again, right after 1b: ${SECS}s"
 $BIN testbed copy --database-url "$PG_URL" --seconds "$SECS" --connections 2 --batch 100 --rows-per-copy 10000 >"$OUT/copy-after.json"
+
+# Closed loop, the log acknowledges at disk speed, so the client sends more than the sink
+# commits and the rest is committed after it stops: these rows are not a sustained rate.
+log "1d. closed-loop OTLP/gRPC load, durable log on: ${SECS}s"
+GW_RPS=$(max_rate_rows gateway)
+log "1e. the same with the durable log off (memory-only queues)"
+MEM_RPS=$(max_rate_rows gateway-memory)
 fi
 
 if want 2; then
@@ -262,27 +264,30 @@ out, copy_rps, gw_rps, mem_rps, rates, tsdb, paced_factor = sys.argv[1:]
 copy_rps, gw_rps, mem_rps = int(copy_rps), int(gw_rps), int(mem_rps)
 if copy_rps:
     print(f"\nRows into PostgreSQL ({tsdb or 'TimescaleDB: ?'})")
-    print(f"  raw binary COPY ceiling          {copy_rps:>9} rows/s")
-    for name, label, rps in (("gateway", "gateway, durable log on", gw_rps), ("gateway-memory", "gateway, durable log off", mem_rps)):
-        m = json.load(open(f"{out}/{name}-max.json"))
-        db = m.get("database") or {}
-        print(f"  {label:<31}{rps:>9} rows/s   ratio {rps / copy_rps:.2f}   ack p99 {m['ack_latency_ms']['p99']:.1f} ms, "
-              f"{m['items_acknowledged']} frames acknowledged, {db.get('frame_rows_found')} found, commit p99 {db.get('receive_to_commit_ms', {}).get('p99', 0):.1f} ms")
-        drain_rows, drain_secs = map(float, open(f"{out}/{name}-max-drain.txt").read().split()[:2])
-        if drain_secs >= 3:
-            print(f"  {'':<31}backlog: {drain_rows:.0f} rows committed in the {drain_secs:.0f} s after the client stopped (acknowledged, not yet written)")
+    print(f"  1a. raw binary COPY ceiling                 {copy_rps:>9} rows/s")
 if os.path.exists(f"{out}/gateway-paced.json"):
     m = json.load(open(f"{out}/gateway-paced.json"))
     db = m.get("database") or {}
     drain_rows, drain_secs, rows, sent = map(float, open(f"{out}/gateway-paced-drain.txt").read().split())
     during = (rows - drain_rows) / sent
-    print(f"  gateway, log on, paced at {m['target_rate']} frames/s ({paced_factor} x ceiling): achieved {m['items_per_second_acknowledged']:.0f} frames/s, "
-          f"committed while sending {during:.0f} rows/s   ratio {during / copy_rps:.2f}, backlog at the end {drain_rows:.0f} rows ({drain_secs:.1f} s), "
-          f"{db.get('frame_rows_found')}/{m['items_acknowledged']} frames found, commit p99 {db.get('receive_to_commit_ms', {}).get('p99', 0):.1f} ms, behind schedule {m['requests_behind_schedule']}")
+    print(f"  1b. gateway, log on, paced at {m['target_rate']} frames/s ({paced_factor} x 1a): committed while sending {during:.0f} rows/s, "
+          f"ratio to 1a {during / copy_rps:.2f}")
+    print(f"      achieved {m['items_per_second_acknowledged']:.0f} frames/s, behind schedule {m['requests_behind_schedule']}, backlog at the end {drain_rows:.0f} rows ({drain_secs:.1f} s), "
+          f"{db.get('frame_rows_found')}/{m['items_acknowledged']} frames found, commit p99 {db.get('receive_to_commit_ms', {}).get('p99', 0):.1f} ms")
     if os.path.exists(f"{out}/copy-after.json"):
         after = round(json.load(open(f"{out}/copy-after.json"))["rows_per_second"])
         mean = (copy_rps + after) / 2
-        print(f"  raw binary COPY ceiling after the gateway runs {after:>9} rows/s; paced row against the mean of both ceilings ({mean:.0f}): ratio {during / mean:.2f}")
+        print(f"  1c. raw binary COPY ceiling right after 1b  {after:>9} rows/s")
+        print(f"      1b against the mean of the ceilings before and after it ({mean:.0f} rows/s): ratio {during / mean:.2f}")
+if copy_rps and os.path.exists(f"{out}/gateway-max.json"):
+    for tag, name, label, rps in (("1d", "gateway", "gateway, log on, closed loop", gw_rps), ("1e", "gateway-memory", "gateway, log off, closed loop", mem_rps)):
+        m = json.load(open(f"{out}/{name}-max.json"))
+        db = m.get("database") or {}
+        print(f"  {tag}. {label:<39}{rps:>9} rows/s   ratio to 1a {rps / copy_rps:.2f}   ack p99 {m['ack_latency_ms']['p99']:.1f} ms, "
+              f"{m['items_acknowledged']} frames acknowledged, {db.get('frame_rows_found')} found, commit p99 {db.get('receive_to_commit_ms', {}).get('p99', 0):.1f} ms")
+        drain_rows, drain_secs = map(float, open(f"{out}/{name}-max-drain.txt").read().split()[:2])
+        if drain_secs >= 3:
+            print(f"      backlog: {drain_rows:.0f} rows committed in the {drain_secs:.0f} s after the client stopped (acknowledged, not yet written)")
 if not os.path.exists(f"{out}/gateway-rate-{rates.split()[0]}.json"):
     rates = ""
 if rates:

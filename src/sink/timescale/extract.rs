@@ -4,7 +4,7 @@
 //! A record that cannot be converted becomes a rejected row (table, reason, record as JSON)
 //! instead of stopping the others.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use opentelemetry_proto::tonic::trace::v1::{span, status};
 use serde::{Serialize, Serializer};
@@ -318,7 +318,7 @@ impl Serialize for AnyJson<'_> {
 /// repeated in the record is written twice; jsonb keeps the last, as `any_to_json` does.
 struct AttributesJson<'a> {
     attributes: &'a [KeyValue<'a>],
-    skip: &'a BTreeSet<String>,
+    skip: &'a [String],
 }
 
 impl Serialize for AttributesJson<'_> {
@@ -326,7 +326,7 @@ impl Serialize for AttributesJson<'_> {
         serializer.collect_map(
             self.attributes
                 .iter()
-                .filter(|kv| !self.skip.contains(kv.key))
+                .filter(|kv| !self.skip.iter().any(|k| k == kv.key))
                 .map(|kv| (kv.key, kv.value.as_ref().map(AnyJson))),
         )
     }
@@ -594,7 +594,7 @@ mod tests {
             kv("camera", V::StringValue("b")),
             kv("score", V::DoubleValue(0.5)),
         ];
-        let skip = BTreeSet::from(["frame.id".to_string()]);
+        let skip = ["frame.id".to_string()];
         let json = AttributesJson {
             attributes: &attributes,
             skip: &skip,

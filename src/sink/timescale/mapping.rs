@@ -160,8 +160,10 @@ pub struct Mapping {
     pub has_any: Vec<String>,
     /// The mapping's own columns (the standard ones are implied, see [`STANDARD_COLUMNS`]).
     pub columns: Vec<Column>,
-    /// Record attributes read by some column: left out of the `attributes` column.
-    pub consumed: BTreeSet<String>,
+    /// Record attributes read by some column, each once: left out of the `attributes`
+    /// column. A list, not a set: it is short and checked for every attribute of every row,
+    /// and comparing lengths first rejects most keys without comparing their bytes.
+    pub consumed: Vec<String>,
 }
 
 /// Columns every mapped table has, in this order, before the mapping's own columns.
@@ -265,7 +267,7 @@ fn compile_one(config: &MappingConfig) -> Result<Mapping, String> {
     }
     let mut seen = BTreeSet::new();
     let mut columns = Vec::new();
-    let mut consumed = BTreeSet::new();
+    let mut consumed: Vec<String> = Vec::new();
     for column in &config.columns {
         let name = &column.name;
         if !valid_identifier(name) || RESERVED.contains(&name.as_str()) {
@@ -289,8 +291,9 @@ fn compile_one(config: &MappingConfig) -> Result<Mapping, String> {
             .map(|t| parse_source(t).map_err(|e| format!("table `{table}`, column `{name}`: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         for source in &sources {
-            if let Source::Attribute(key) = source {
-                consumed.insert(key.clone());
+            match source {
+                Source::Attribute(key) if !consumed.contains(key) => consumed.push(key.clone()),
+                _ => {}
             }
         }
         columns.push(Column {
