@@ -128,27 +128,42 @@ max_rate_rows() { # config-name [frames/s, default 0 = closed loop] -> "rows/s" 
     python3 -c "print(round($rows / max($secs, 1e-9)))"
 }
 
+# Each run of section 1 starts on empty tables, after a checkpoint: the same COPY slows by
+# 20% and more as the tables and their indexes grow (each run adds about 10 M rows), so
+# runs on tables of different sizes do not compare.
+fresh_tables() {
+    local tables
+    tables=$(sql "SELECT string_agg(format('%I', tablename), ', ') FROM pg_tables
+                  WHERE schemaname = 'public' AND tablename IN ('frame_metadata', 'detection_events', 'llm_requests')")
+    [ -z "$tables" ] || sql "TRUNCATE $tables"
+    sql "CHECKPOINT"
+}
+
 COPY_RPS=0 GW_RPS=0 MEM_RPS=0
 if want 1; then
+fresh_tables
 log "1a. raw binary COPY ceiling: ${SECS}s, 2 connections, 10000 rows per COPY"
 $BIN testbed copy --database-url "$PG_URL" --seconds "$SECS" --connections 2 --batch 100 --rows-per-copy 10000 >"$OUT/copy.json"
 COPY_RPS=$(json "$OUT/copy.json" "round(d['rows_per_second'])")
 
 # The sustained rate: the gateway with its log on, offered a fixed fraction of the ceiling.
-# Sustained means committed while the load runs, with no backlog at the end. It runs right
-# after the ceiling, and the ceiling is measured again right after it: the same COPY moves
-# by 10% between runs here and slows as the tables and their indexes grow (each of these
-# runs adds about 10 M rows), so the paced row is compared with the ceilings on both sides.
+# Sustained means committed while the load runs, with no backlog at the end. The ceiling is
+# measured again right after it, as the same COPY also moves by 10% between runs here; the
+# paced row is compared with the ceilings on both sides.
 PACED_FPS=$(python3 -c "print(round($COPY_RPS * $PACED_FACTOR / 2.6))")
+fresh_tables
 log "1b. the same rows through the gateway, durable log on, paced at $PACED_FACTOR x the ceiling: $PACED_FPS frames/s for ${SECS}s"
 max_rate_rows gateway "$PACED_FPS" >/dev/null
+fresh_tables
 log "1c. raw binary COPY ceiling again, right after 1b: ${SECS}s"
 $BIN testbed copy --database-url "$PG_URL" --seconds "$SECS" --connections 2 --batch 100 --rows-per-copy 10000 >"$OUT/copy-after.json"
 
 # Closed loop, the log acknowledges at disk speed, so the client sends more than the sink
 # commits and the rest is committed after it stops: these rows are not a sustained rate.
+fresh_tables
 log "1d. closed-loop OTLP/gRPC load, durable log on: ${SECS}s"
 GW_RPS=$(max_rate_rows gateway)
+fresh_tables
 log "1e. the same with the durable log off (memory-only queues)"
 MEM_RPS=$(max_rate_rows gateway-memory)
 fi

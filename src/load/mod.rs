@@ -305,7 +305,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     })
 }
 
-/// Waits (up to 60 s) for this run's frame rows, then measures their commit latency.
+/// Waits for this run's frame rows (while they keep arriving), then measures their commit latency.
 /// `since`: when the run started; only frames from then on are counted, so the time index
 /// limits each count to this run's rows. The count is a scan of those rows, so it is taken
 /// at growing intervals (0.25 s doubling to 4 s): polling a large backlog every 200 ms took
@@ -321,18 +321,28 @@ async fn database_report(
     let since = since - Duration::from_secs(5);
     let count_sql =
         "SELECT count(*) FROM frame_metadata WHERE time >= $2 AND attributes->>'load.run' = $1";
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // A closed-loop run can leave a backlog of a minute or more in a durable log: wait as
+    // long as rows keep arriving, up to 30 s without progress or 10 minutes in all.
+    let started = Instant::now();
+    let mut progress = Instant::now();
     let mut pause = Duration::from_millis(250);
-    let mut found: i64;
+    let mut found: i64 = -1;
     loop {
-        found = client
+        let now: i64 = client
             .query_one(count_sql, &[&run_id, &since])
             .await?
             .get(0);
-        if found as u64 >= frames || Instant::now() > deadline {
+        if now > found {
+            progress = Instant::now();
+        }
+        found = now;
+        if found as u64 >= frames
+            || progress.elapsed() > Duration::from_secs(30)
+            || started.elapsed() > Duration::from_secs(600)
+        {
             break;
         }
-        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+        tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(4));
     }
     let rows = client
