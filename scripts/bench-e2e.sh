@@ -18,7 +18,8 @@
 # original goal, 1,000 frames/s, default 300; 0 skips it), BENCH_OVERLOAD_SECONDS (default 60),
 # BENCH_SKIP_ROTEL=1, ROTEL (path of rotel-agent; default: installed from PyPI into
 # target/bench-venv), BENCH_SECTIONS (default "1 2 3 4 5"; 2 and 4 need 1's gateway config),
-# BENCH_PACED_FACTOR (1b's offered rate as a fraction of the measured ceiling, default 0.8).
+# BENCH_PACED_FACTOR (1b's offered rate as a fraction of the measured ceiling, default 0.8),
+# BENCH_ROUNDS (paced runs in section 1, each followed by a ceiling run; default 3).
 # The durable log of each gateway lives in the temporary work directory, on the file system
 # of $TMPDIR (default /tmp), or under BENCH_LOG_DIR when set (another disk, or tmpfs to
 # separate the log's disk time from its CPU).
@@ -32,6 +33,7 @@ LONG_SECS=${BENCH_LONG_SECONDS:-300}
 OVERLOAD_SECS=${BENCH_OVERLOAD_SECONDS:-60}
 SECTIONS=${BENCH_SECTIONS:-"1 2 3 4 5"}
 PACED_FACTOR=${BENCH_PACED_FACTOR:-0.8}
+ROUNDS=${BENCH_ROUNDS:-3}
 LOG_ROOT_SET=${BENCH_LOG_DIR:-}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 OUT=${OUT:-target/bench-e2e}
@@ -103,9 +105,10 @@ TOML
 gateway_toml gateway on
 gateway_toml gateway-memory off
 
-max_rate_rows() { # config-name [frames/s, default 0 = closed loop] -> "rows/s" (and writes $OUT/<name>-<max|paced>.json)
+max_rate_rows() { # config-name [frames/s, default 0 = closed loop] [tag] -> "rows/s" (and writes $OUT/<name>-<tag>.json; tag: max or paced)
     local rate=${2:-0} tag=max
     [ "$rate" = 0 ] || tag=paced
+    tag=${3:-$tag}
     $BIN run --config "$work/$1.toml" 2>"$work/$1.log" &
     local gw=$!; pids+=($gw)
     wait_for http://127.0.0.1:23133/readyz 30
@@ -140,23 +143,30 @@ fresh_tables() {
 }
 
 COPY_RPS=0 GW_RPS=0 MEM_RPS=0
+ceiling() { # name -> writes $OUT/<name>.json
+    fresh_tables
+    $BIN testbed copy --database-url "$PG_URL" --seconds "$SECS" --connections 2 --batch 100 --rows-per-copy 10000 >"$OUT/$1.json"
+}
 if want 1; then
-fresh_tables
+rm -f "$OUT"/copy-*.json "$OUT"/gateway-paced-*
 log "1a. raw binary COPY ceiling: ${SECS}s, 2 connections, 10000 rows per COPY"
-$BIN testbed copy --database-url "$PG_URL" --seconds "$SECS" --connections 2 --batch 100 --rows-per-copy 10000 >"$OUT/copy.json"
-COPY_RPS=$(json "$OUT/copy.json" "round(d['rows_per_second'])")
-
-# The sustained rate: the gateway with its log on, offered a fixed fraction of the ceiling.
-# Sustained means committed while the load runs, with no backlog at the end. The ceiling is
-# measured again right after it, as the same COPY also moves by 10% between runs here; the
-# paced row is compared with the ceilings on both sides.
-PACED_FPS=$(python3 -c "print(round($COPY_RPS * $PACED_FACTOR / 2.6))")
-fresh_tables
-log "1b. the same rows through the gateway, durable log on, paced at $PACED_FACTOR x the ceiling: $PACED_FPS frames/s for ${SECS}s"
-max_rate_rows gateway "$PACED_FPS" >/dev/null
-fresh_tables
-log "1c. raw binary COPY ceiling again, right after 1b: ${SECS}s"
-$BIN testbed copy --database-url "$PG_URL" --seconds "$SECS" --connections 2 --batch 100 --rows-per-copy 10000 >"$OUT/copy-after.json"
+ceiling copy-0
+# The sustained rate: the gateway with its log on, offered a fixed fraction of the ceiling
+# just measured. Sustained means committed while the load runs, with no backlog at the end.
+# The ceiling is measured again right after each paced run: the same COPY moves by 10-25%
+# from one minute to the next on this VM, so each paced run is also compared with the mean
+# of the ceilings on both sides, and the rounds are repeated (BENCH_ROUNDS).
+for round in $(seq 1 "$ROUNDS"); do
+    before=$(json "$OUT/copy-$((round - 1)).json" "round(d['rows_per_second'])")
+    PACED_FPS=$(python3 -c "print(round($before * $PACED_FACTOR / 2.6))")
+    fresh_tables
+    log "1b. round $round/$ROUNDS: the same rows through the gateway, durable log on, paced at $PACED_FACTOR x the last ceiling: $PACED_FPS frames/s for ${SECS}s"
+    max_rate_rows gateway "$PACED_FPS" "paced-$round" >/dev/null
+    log "1c. round $round/$ROUNDS: raw binary COPY ceiling again: ${SECS}s"
+    ceiling "copy-$round"
+done
+# The closed-loop ratios below are against the mean of all ceilings.
+COPY_RPS=$(python3 -c "import json; r=[json.load(open('$OUT/copy-%d.json' % i))['rows_per_second'] for i in range($ROUNDS + 1)]; print(round(sum(r) / len(r)))")
 
 # Closed loop, the log acknowledges at disk speed, so the client sends more than the sink
 # commits and the rest is committed after it stops: these rows are not a sustained rate.
@@ -274,31 +284,38 @@ kill "$GW"; wait "$GW" 2>/dev/null || true
 fi
 
 python3 - "$OUT" "$COPY_RPS" "$GW_RPS" "$MEM_RPS" "$RATES" "$TSDB" "$PACED_FACTOR" <<'PY'
-import json, sys, os
+import json, sys, os, statistics
 out, copy_rps, gw_rps, mem_rps, rates, tsdb, paced_factor = sys.argv[1:]
 copy_rps, gw_rps, mem_rps = int(copy_rps), int(gw_rps), int(mem_rps)
 if copy_rps:
     print(f"\nRows into PostgreSQL ({tsdb or 'TimescaleDB: ?'})")
-    print(f"  1a. raw binary COPY ceiling                 {copy_rps:>9} rows/s")
-if os.path.exists(f"{out}/gateway-paced.json"):
-    m = json.load(open(f"{out}/gateway-paced.json"))
-    db = m.get("database") or {}
-    drain_rows, drain_secs, rows, sent = map(float, open(f"{out}/gateway-paced-drain.txt").read().split())
-    during = (rows - drain_rows) / sent
-    print(f"  1b. gateway, log on, paced at {m['target_rate']} frames/s ({paced_factor} x 1a): committed while sending {during:.0f} rows/s, "
-          f"ratio to 1a {during / copy_rps:.2f}")
-    print(f"      achieved {m['items_per_second_acknowledged']:.0f} frames/s, behind schedule {m['requests_behind_schedule']}, backlog at the end {drain_rows:.0f} rows ({drain_secs:.1f} s), "
-          f"{db.get('frame_rows_found')}/{m['items_acknowledged']} frames found, commit p99 {db.get('receive_to_commit_ms', {}).get('p99', 0):.1f} ms")
-    if os.path.exists(f"{out}/copy-after.json"):
-        after = round(json.load(open(f"{out}/copy-after.json"))["rows_per_second"])
-        mean = (copy_rps + after) / 2
-        print(f"  1c. raw binary COPY ceiling right after 1b  {after:>9} rows/s")
-        print(f"      1b against the mean of the ceilings before and after it ({mean:.0f} rows/s): ratio {during / mean:.2f}")
+    ceilings = []
+    while os.path.exists(f"{out}/copy-{len(ceilings)}.json"):
+        ceilings.append(round(json.load(open(f"{out}/copy-{len(ceilings)}.json"))["rows_per_second"]))
+    print(f"  1a. raw binary COPY ceiling                  {ceilings[0]:>9} rows/s")
+    to_before, to_mean = [], []
+    for n in range(1, len(ceilings)):
+        m = json.load(open(f"{out}/gateway-paced-{n}.json"))
+        db = m.get("database") or {}
+        drain_rows, drain_secs, rows, sent = map(float, open(f"{out}/gateway-paced-{n}-drain.txt").read().split())
+        during = (rows - drain_rows) / sent
+        mean = (ceilings[n - 1] + ceilings[n]) / 2
+        to_before.append(during / ceilings[n - 1])
+        to_mean.append(during / mean)
+        print(f"  1b. round {n}: gateway, log on, paced at {m['target_rate']} frames/s ({paced_factor} x the ceiling before): committed while sending {during:.0f} rows/s")
+        print(f"      achieved {m['items_per_second_acknowledged']:.0f} frames/s, behind schedule {m['requests_behind_schedule']}, backlog at the end {drain_rows:.0f} rows ({drain_secs:.1f} s), "
+              f"{db.get('frame_rows_found')}/{m['items_acknowledged']} frames found, commit p99 {db.get('receive_to_commit_ms', {}).get('p99', 0):.1f} ms")
+        print(f"  1c. round {n}: raw binary COPY ceiling      {ceilings[n]:>9} rows/s")
+        print(f"      ratio to the ceiling before {to_before[-1]:.2f}; to the mean of the ceilings before and after ({mean:.0f}) {to_mean[-1]:.2f}")
+    if to_mean:
+        print(f"  paced, {len(to_mean)} rounds: ratio to the ceiling before {min(to_before):.2f}-{max(to_before):.2f} (median {statistics.median(to_before):.2f}); "
+              f"to the mean of both sides {min(to_mean):.2f}-{max(to_mean):.2f} (median {statistics.median(to_mean):.2f})")
+    print(f"  mean of the {len(ceilings)} ceilings                {copy_rps:>9} rows/s (the closed-loop ratios below are against it)")
 if copy_rps and os.path.exists(f"{out}/gateway-max.json"):
     for tag, name, label, rps in (("1d", "gateway", "gateway, log on, closed loop", gw_rps), ("1e", "gateway-memory", "gateway, log off, closed loop", mem_rps)):
         m = json.load(open(f"{out}/{name}-max.json"))
         db = m.get("database") or {}
-        print(f"  {tag}. {label:<39}{rps:>9} rows/s   ratio to 1a {rps / copy_rps:.2f}   ack p99 {m['ack_latency_ms']['p99']:.1f} ms, "
+        print(f"  {tag}. {label:<39}{rps:>9} rows/s   ratio {rps / copy_rps:.2f}   ack p99 {m['ack_latency_ms']['p99']:.1f} ms, "
               f"{m['items_acknowledged']} frames acknowledged, {db.get('frame_rows_found')} found, commit p99 {db.get('receive_to_commit_ms', {}).get('p99', 0):.1f} ms")
         drain_rows, drain_secs = map(float, open(f"{out}/{name}-max-drain.txt").read().split()[:2])
         if drain_secs >= 3:
