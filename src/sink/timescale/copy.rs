@@ -131,8 +131,12 @@ impl Rows {
 
     /// Appends row `index` of `other`.
     pub fn append_row(&mut self, other: &Rows, index: usize) {
-        self.buf
-            .extend_from_slice(row_bytes(&other.buf, &other.ends, index));
+        self.push_encoded(row_bytes(&other.buf, &other.ends, index));
+    }
+
+    /// Appends one row already in COPY format.
+    fn push_encoded(&mut self, row: &[u8]) {
+        self.buf.extend_from_slice(row);
         self.ends.push(self.buf.len());
     }
 
@@ -179,9 +183,7 @@ impl Batch {
         let part = |range: std::ops::Range<usize>| {
             let mut rows = Rows::default();
             for index in range {
-                rows.buf
-                    .extend_from_slice(row_bytes(&self.data, &self.ends, index));
-                rows.ends.push(rows.buf.len());
+                rows.push_encoded(row_bytes(&self.data, &self.ends, index));
             }
             rows.into_batch()
         };
@@ -227,9 +229,13 @@ fn decode_row(mut bytes: &[u8], types: &[ColumnType]) -> Option<Vec<Cell>> {
             ColumnType::Int8 => Cell::Int8(word()?),
             ColumnType::Float8 => Cell::Float8(f64::from_bits(word()? as u64)),
             ColumnType::Bool => Cell::Bool(<[u8; 1]>::try_from(value).ok()? != [0]),
-            ColumnType::Timestamptz => {
-                Cell::Timestamp((word()? + PG_EPOCH_UNIX_SECS * 1_000_000) * 1000)
-            }
+            // Saturating: PostgreSQL refuses timestamps near the ends of i64, and those
+            // rows are the ones read back.
+            ColumnType::Timestamptz => Cell::Timestamp(
+                word()?
+                    .saturating_add(PG_EPOCH_UNIX_SECS * 1_000_000)
+                    .saturating_mul(1000),
+            ),
             ColumnType::Uuid => Cell::Uuid(value.try_into().ok()?),
             ColumnType::Jsonb => {
                 let text = value.strip_prefix(&[1])?;
@@ -403,6 +409,17 @@ mod tests {
         assert_eq!(
             rows.decode_row(1, &[ColumnType::Int8]),
             Some(vec![Cell::Int8(2)])
+        );
+        // The extremes of a timestamp survive the round trip as far as microseconds allow.
+        let mut extremes = Rows::default();
+        extremes.push(&[Cell::Timestamp(i64::MIN), Cell::Timestamp(i64::MAX)]);
+        let both = [ColumnType::Timestamptz; 2];
+        assert_eq!(
+            extremes.into_batch().decode_row(0, &both),
+            Some(vec![
+                Cell::Timestamp(i64::MIN),
+                Cell::Timestamp(i64::MAX / 1000 * 1000)
+            ])
         );
         // A row of another shape is not decoded as this one.
         assert_eq!(rows.decode_row(1, &types), None);
