@@ -19,7 +19,9 @@
 # BENCH_SKIP_ROTEL=1, ROTEL (path of rotel-agent; default: installed from PyPI into
 # target/bench-venv), BENCH_SECTIONS (default "1 2 3 4 5"; 2 and 4 need 1's gateway config),
 # BENCH_PACED_FACTOR (1b's offered rate as a fraction of the measured ceiling, default 0.8),
-# BENCH_ROUNDS (paced runs in section 1, each followed by a ceiling run; default 3).
+# BENCH_ROUNDS (rounds of paced runs in section 1, default 3), BENCH_PROTOCOLS (the OTLP
+# protocols each round sends with, one paced run each, each followed by a ceiling run;
+# default "grpc http").
 # The durable log of each gateway lives in the temporary work directory, on the file system
 # of $TMPDIR (default /tmp), or under BENCH_LOG_DIR when set (another disk, or tmpfs to
 # separate the log's disk time from its CPU).
@@ -34,6 +36,7 @@ OVERLOAD_SECS=${BENCH_OVERLOAD_SECONDS:-60}
 SECTIONS=${BENCH_SECTIONS:-"1 2 3 4 5"}
 PACED_FACTOR=${BENCH_PACED_FACTOR:-0.8}
 ROUNDS=${BENCH_ROUNDS:-3}
+PROTOCOLS=${BENCH_PROTOCOLS:-"grpc http"}
 LOG_ROOT_SET=${BENCH_LOG_DIR:-}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 OUT=${OUT:-target/bench-e2e}
@@ -105,10 +108,11 @@ TOML
 gateway_toml gateway on
 gateway_toml gateway-memory off
 
-max_rate_rows() { # config-name [frames/s, default 0 = closed loop] [tag] -> "rows/s" (and writes $OUT/<name>-<tag>.json; tag: max or paced)
-    local rate=${2:-0} tag=max
+max_rate_rows() { # config-name [frames/s, default 0 = closed loop] [tag] [grpc|http] -> "rows/s" (and writes $OUT/<name>-<tag>.json; tag: max or paced)
+    local rate=${2:-0} tag=max protocol=${4:-grpc} endpoint=http://127.0.0.1:24317
     [ "$rate" = 0 ] || tag=paced
     tag=${3:-$tag}
+    [ "$protocol" = grpc ] || endpoint=http://127.0.0.1:24318
     $BIN run --config "$work/$1.toml" 2>"$work/$1.log" &
     local gw=$!; pids+=($gw)
     wait_for http://127.0.0.1:23133/readyz 30
@@ -118,7 +122,7 @@ max_rate_rows() { # config-name [frames/s, default 0 = closed loop] [tag] -> "ro
     # its schedule (at 4, each had to send every ~8 ms against an ack p99 of ~20 ms).
     local connections=4
     [ "$rate" = 0 ] || connections=16
-    $BIN load --endpoint http://127.0.0.1:24317 -c "$connections" -b 100 --rate "$rate" --duration "$SECS" --database-url "$PG_URL" --json >"$OUT/$1-$tag.json"
+    $BIN load --endpoint "$endpoint" --protocol "$protocol" -c "$connections" -b 100 --rate "$rate" --duration "$SECS" --database-url "$PG_URL" --json >"$OUT/$1-$tag.json"
     read -r rows secs <<<"$(rows_since "$start")"
     # Rows committed after the client stopped sending: the backlog the gateway had
     # acknowledged (with the log on, in the log) and drained alone, without the load
@@ -155,18 +159,25 @@ ceiling copy-0
 # just measured. Sustained means committed while the load runs, with no backlog at the end.
 # The ceiling is measured again right after each paced run: the same COPY moves by 10-25%
 # from one minute to the next on this VM, so each paced run is also compared with the mean
-# of the ceilings on both sides, and the rounds are repeated (BENCH_ROUNDS).
+# of the ceilings on both sides, and the rounds are repeated (BENCH_ROUNDS). Each round
+# sends once per protocol in BENCH_PROTOCOLS: OTLP/HTTP costs both ends less CPU than gRPC's
+# HTTP/2 framing, and on two cores every CPU second the client and gateway spend is one
+# PostgreSQL does not get.
+run=0
 for round in $(seq 1 "$ROUNDS"); do
-    before=$(json "$OUT/copy-$((round - 1)).json" "round(d['rows_per_second'])")
-    PACED_FPS=$(python3 -c "print(round($before * $PACED_FACTOR / 2.6))")
-    fresh_tables
-    log "1b. round $round/$ROUNDS: the same rows through the gateway, durable log on, paced at $PACED_FACTOR x the last ceiling: $PACED_FPS frames/s for ${SECS}s"
-    max_rate_rows gateway "$PACED_FPS" "paced-$round" >/dev/null
-    log "1c. round $round/$ROUNDS: raw binary COPY ceiling again: ${SECS}s"
-    ceiling "copy-$round"
+    for protocol in $PROTOCOLS; do
+        before=$(json "$OUT/copy-$run.json" "round(d['rows_per_second'])")
+        run=$((run + 1))
+        PACED_FPS=$(python3 -c "print(round($before * $PACED_FACTOR / 2.6))")
+        fresh_tables
+        log "1b. round $round/$ROUNDS, OTLP/$protocol: the same rows through the gateway, durable log on, paced at $PACED_FACTOR x the last ceiling: $PACED_FPS frames/s for ${SECS}s"
+        max_rate_rows gateway "$PACED_FPS" "paced-$run" "$protocol" >/dev/null
+        log "1c. raw binary COPY ceiling again: ${SECS}s"
+        ceiling "copy-$run"
+    done
 done
 # The closed-loop ratios below are against the mean of all ceilings.
-COPY_RPS=$(python3 -c "import json; r=[json.load(open('$OUT/copy-%d.json' % i))['rows_per_second'] for i in range($ROUNDS + 1)]; print(round(sum(r) / len(r)))")
+COPY_RPS=$(python3 -c "import json; r=[json.load(open('$OUT/copy-%d.json' % i))['rows_per_second'] for i in range($run + 1)]; print(round(sum(r) / len(r)))")
 
 # Closed loop, the log acknowledges at disk speed, so the client sends more than the sink
 # commits and the rest is committed after it stops: these rows are not a sustained rate.
@@ -298,23 +309,25 @@ if copy_rps:
     while os.path.exists(f"{out}/copy-{len(ceilings)}.json"):
         ceilings.append(round(json.load(open(f"{out}/copy-{len(ceilings)}.json"))["rows_per_second"]))
     print(f"  1a. raw binary COPY ceiling                  {ceilings[0]:>9} rows/s")
-    to_before, to_mean = [], []
+    to_before, to_mean = {}, {}
     for n in range(1, len(ceilings)):
         m = json.load(open(f"{out}/gateway-paced-{n}.json"))
         db = m.get("database") or {}
         drain_rows, drain_secs, rows, sent = map(float, open(f"{out}/gateway-paced-{n}-drain.txt").read().split())
         during = (rows - drain_rows) / sent
         mean = (ceilings[n - 1] + ceilings[n]) / 2
-        to_before.append(during / ceilings[n - 1])
-        to_mean.append(during / mean)
-        print(f"  1b. round {n}: gateway, log on, paced at {m['target_rate']} frames/s ({paced_factor} x the ceiling before): committed while sending {during:.0f} rows/s")
+        protocol = m.get("protocol", "grpc")
+        to_before.setdefault(protocol, []).append(during / ceilings[n - 1])
+        to_mean.setdefault(protocol, []).append(during / mean)
+        print(f"  1b. run {n}: gateway, log on, OTLP/{protocol}, paced at {m['target_rate']} frames/s ({paced_factor} x the ceiling before): committed while sending {during:.0f} rows/s")
         print(f"      achieved {m['items_per_second_acknowledged']:.0f} frames/s, behind schedule {m['requests_behind_schedule']}, backlog at the end {drain_rows:.0f} rows ({drain_secs:.1f} s), "
               f"{db.get('frame_rows_found')}/{m['items_acknowledged']} frames found, commit p99 {db.get('receive_to_commit_ms', {}).get('p99', 0):.1f} ms")
         print(f"  1c. round {n}: raw binary COPY ceiling      {ceilings[n]:>9} rows/s")
-        print(f"      ratio to the ceiling before {to_before[-1]:.2f}; to the mean of the ceilings before and after ({mean:.0f}) {to_mean[-1]:.2f}")
-    if to_mean:
-        print(f"  paced, {len(to_mean)} rounds: ratio to the ceiling before {min(to_before):.2f}-{max(to_before):.2f} (median {statistics.median(to_before):.2f}); "
-              f"to the mean of both sides {min(to_mean):.2f}-{max(to_mean):.2f} (median {statistics.median(to_mean):.2f})")
+        print(f"      ratio to the ceiling before {to_before[protocol][-1]:.2f}; to the mean of the ceilings before and after ({mean:.0f}) {to_mean[protocol][-1]:.2f}")
+    for protocol in to_mean:
+        b, a = to_before[protocol], to_mean[protocol]
+        print(f"  paced over OTLP/{protocol}, {len(a)} runs: ratio to the ceiling before {min(b):.2f}-{max(b):.2f} (median {statistics.median(b):.2f}); "
+              f"to the mean of both sides {min(a):.2f}-{max(a):.2f} (median {statistics.median(a):.2f})")
     print(f"  mean of the {len(ceilings)} ceilings                {copy_rps:>9} rows/s (the closed-loop ratios below are against it)")
 if copy_rps and os.path.exists(f"{out}/gateway-max.json"):
     for tag, name, label, rps in (("1d", "gateway", "gateway, log on, closed loop", gw_rps), ("1e", "gateway-memory", "gateway, log off, closed loop", mem_rps)):

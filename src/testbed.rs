@@ -176,7 +176,7 @@ async fn copy(
 ) -> anyhow::Result<u64> {
     use futures_util::SinkExt;
     // The next batch is about as large: room for it up front instead of growing into it.
-    let next = Rows::with_capacity(rows.data_len());
+    let next = Rows::with_capacity(rows.data_len(), rows.len());
     let batch = std::mem::replace(rows, next).into_batch();
     let sink = client.copy_in::<_, Bytes>(statement).await?;
     futures_util::pin_mut!(sink);

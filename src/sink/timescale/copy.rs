@@ -71,19 +71,19 @@ pub struct Rows {
 
 impl Default for Rows {
     fn default() -> Self {
-        Rows::with_capacity(0)
+        Rows::with_capacity(0, 0)
     }
 }
 
 impl Rows {
     /// No rows, with room for `bytes` of them.
-    pub fn with_capacity(bytes: usize) -> Self {
+    pub fn with_capacity(bytes: usize, rows: usize) -> Self {
         let mut buf = Vec::with_capacity(HEADER_LEN + bytes + 2);
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&[0; 8]); // flags, header extension length
         Rows {
             buf,
-            ends: Vec::new(),
+            ends: Vec::with_capacity(rows),
         }
     }
 

@@ -452,8 +452,14 @@ impl TimescaleSink {
         tasks: &mut JoinSet<()>,
     ) {
         let slot = std::mem::take(&mut pending[index]);
-        // The next batch is about as large: room for it up front instead of growing into it.
-        pending[index].rows = Rows::with_capacity(slot.rows.data_len());
+        // The next batch is about as large: room for it (and an eighth more, as the last
+        // request rarely fits exactly) up front instead of growing into it, which copies the
+        // rows and faults in fresh pages each time the buffers double.
+        let next = &mut pending[index];
+        let room = |n: usize| n + n / 8;
+        next.rows = Rows::with_capacity(room(slot.rows.data_len()), room(slot.rows.len()));
+        next.keys = Vec::with_capacity(room(slot.keys.len()));
+        next.payloads = Vec::with_capacity(room(slot.payloads.len()));
         let target = self.targets[index].clone();
         let writer = self.writer.clone();
         writer
