@@ -322,7 +322,7 @@ if copy_rps:
         print(f"  1b. run {n}: gateway, log on, OTLP/{protocol}, paced at {m['target_rate']} frames/s ({paced_factor} x the ceiling before): committed while sending {during:.0f} rows/s")
         print(f"      achieved {m['items_per_second_acknowledged']:.0f} frames/s, behind schedule {m['requests_behind_schedule']}, backlog at the end {drain_rows:.0f} rows ({drain_secs:.1f} s), "
               f"{db.get('frame_rows_found')}/{m['items_acknowledged']} frames found, commit p99 {db.get('receive_to_commit_ms', {}).get('p99', 0):.1f} ms")
-        print(f"  1c. round {n}: raw binary COPY ceiling      {ceilings[n]:>9} rows/s")
+        print(f"  1c. after run {n}: raw binary COPY ceiling  {ceilings[n]:>9} rows/s")
         print(f"      ratio to the ceiling before {to_before[protocol][-1]:.2f}; to the mean of the ceilings before and after ({mean:.0f}) {to_mean[protocol][-1]:.2f}")
     for protocol in to_mean:
         b, a = to_before[protocol], to_mean[protocol]

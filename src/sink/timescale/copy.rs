@@ -76,7 +76,7 @@ impl Default for Rows {
 }
 
 impl Rows {
-    /// No rows, with room for `bytes` of them.
+    /// No rows, with room for `rows` of them taking `bytes` in all.
     pub fn with_capacity(bytes: usize, rows: usize) -> Self {
         let mut buf = Vec::with_capacity(HEADER_LEN + bytes + 2);
         buf.extend_from_slice(MAGIC);
