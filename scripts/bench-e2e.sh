@@ -152,7 +152,6 @@ ceiling() { # name -> writes $OUT/<name>.json
     $BIN testbed copy --database-url "$PG_URL" --seconds "$SECS" --connections 2 --batch 100 --rows-per-copy 10000 >"$OUT/$1.json"
 }
 if want 1; then
-rm -f "$OUT"/copy-*.json "$OUT"/gateway-paced-*
 log "1a. raw binary COPY ceiling: ${SECS}s, 2 connections, 10000 rows per COPY"
 ceiling copy-0
 # The sustained rate: the gateway with its log on, offered a fixed fraction of the ceiling
