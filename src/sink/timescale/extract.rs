@@ -53,6 +53,8 @@ struct Record<'a> {
     span: Option<&'a Span<'a>>,
     event: Option<&'a Event<'a>>,
     log: Option<&'a LogRecord<'a>>,
+    /// The record's own attributes: the span's, the event's or the log record's.
+    attributes: &'a [KeyValue<'a>],
 }
 
 fn find<'a, 'b>(attributes: &'a [KeyValue<'b>], key: &str) -> Option<&'a AnyValue<'b>> {
@@ -65,12 +67,7 @@ fn find<'a, 'b>(attributes: &'a [KeyValue<'b>], key: &str) -> Option<&'a AnyValu
 
 impl Record<'_> {
     fn attributes(&self) -> &[KeyValue<'_>] {
-        match (self.kind, self.span, self.event, self.log) {
-            (RecordKind::SpanEvent, _, Some(event), _) => &event.attributes,
-            (RecordKind::Span, Some(span), _, _) => &span.attributes,
-            (RecordKind::Log, _, _, Some(log)) => &log.attributes,
-            _ => &[],
-        }
+        self.attributes
     }
 
     fn name(&self) -> &str {
@@ -434,12 +431,14 @@ impl Extractor {
                     span: Some(span),
                     event: None,
                     log: None,
+                    attributes: &span.attributes,
                 };
                 self.offer(&record, out);
                 for event in &span.events {
                     let record = Record {
                         kind: RecordKind::SpanEvent,
                         event: Some(event),
+                        attributes: span.event_attributes(event),
                         ..record
                     };
                     self.offer(&record, out);
@@ -453,6 +452,7 @@ impl Extractor {
                     span: None,
                     event: None,
                     log: Some(log),
+                    attributes: &log.attributes,
                 };
                 self.offer(&record, out);
             }),

@@ -49,11 +49,13 @@ pub struct Status<'a> {
     pub code: i32,
 }
 
+/// A span event. Its attributes live in its span (`Span::event_attributes`), so the events
+/// of one span share one list.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Event<'a> {
     pub time_unix_nano: u64,
     pub name: &'a str,
-    pub attributes: Vec<KeyValue<'a>>,
+    attributes: std::ops::Range<usize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -68,6 +70,33 @@ pub struct Span<'a> {
     pub attributes: Vec<KeyValue<'a>>,
     pub events: Vec<Event<'a>>,
     pub status: Option<Status<'a>>,
+    /// The attributes of all `events`, each event's a range of them.
+    event_attributes: Vec<KeyValue<'a>>,
+}
+
+impl<'a> Span<'a> {
+    /// The attributes of `event`, one of this span's `events`.
+    pub fn event_attributes(&self, event: &Event<'a>) -> &[KeyValue<'a>] {
+        &self.event_attributes[event.attributes.clone()]
+    }
+
+    /// Empties the span for the next one, keeping the lists' memory: spans are read one
+    /// after another into the same `Span`, so a request allocates its lists once, not per
+    /// span and event.
+    fn clear(&mut self) {
+        let mut attributes = std::mem::take(&mut self.attributes);
+        let mut events = std::mem::take(&mut self.events);
+        let mut event_attributes = std::mem::take(&mut self.event_attributes);
+        attributes.clear();
+        events.clear();
+        event_attributes.clear();
+        *self = Span {
+            attributes,
+            events,
+            event_attributes,
+            ..Span::default()
+        };
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -81,6 +110,18 @@ pub struct LogRecord<'a> {
     pub trace_id: &'a [u8],
     pub span_id: &'a [u8],
     pub event_name: &'a str,
+}
+
+impl LogRecord<'_> {
+    /// Empties the record for the next one, keeping the attribute list's memory.
+    fn clear(&mut self) {
+        let mut attributes = std::mem::take(&mut self.attributes);
+        attributes.clear();
+        *self = LogRecord {
+            attributes,
+            ..LogRecord::default()
+        };
+    }
 }
 
 /// Resource attributes and scope name of a group of records.
@@ -268,18 +309,23 @@ fn merge_any<'a>(any: &mut AnyValue<'a>, buf: &'a [u8]) -> Result<()> {
     Ok(())
 }
 
-fn event(buf: &[u8]) -> Result<Event<'_>> {
+/// Reads an event into `span`: the event into `events`, its attributes into
+/// `event_attributes`.
+fn event<'a>(span: &mut Span<'a>, buf: &'a [u8]) -> Result<()> {
+    let start = span.event_attributes.len();
     let mut event = Event::default();
     let mut fields = Fields::new(buf);
     while let Some(field) = fields.next() {
         match field? {
             (1, f) => event.time_unix_nano = f.fixed64()?,
             (2, f) => event.name = f.str()?,
-            (3, f) => event.attributes.push(key_value(f.bytes()?)?),
+            (3, f) => span.event_attributes.push(key_value(f.bytes()?)?),
             _ => {}
         }
     }
-    Ok(event)
+    event.attributes = start..span.event_attributes.len();
+    span.events.push(event);
+    Ok(())
 }
 
 fn merge_status<'a>(status: &mut Status<'a>, buf: &'a [u8]) -> Result<()> {
@@ -294,8 +340,9 @@ fn merge_status<'a>(status: &mut Status<'a>, buf: &'a [u8]) -> Result<()> {
     Ok(())
 }
 
-fn span(buf: &[u8]) -> Result<Span<'_>> {
-    let mut span = Span::default();
+/// Reads a span into `span`, which it empties first.
+fn span<'a>(span: &mut Span<'a>, buf: &'a [u8]) -> Result<()> {
+    span.clear();
     let mut fields = Fields::new(buf);
     while let Some(field) = fields.next() {
         match field? {
@@ -307,16 +354,17 @@ fn span(buf: &[u8]) -> Result<Span<'_>> {
             (7, f) => span.start_time_unix_nano = f.fixed64()?,
             (8, f) => span.end_time_unix_nano = f.fixed64()?,
             (9, f) => span.attributes.push(key_value(f.bytes()?)?),
-            (11, f) => span.events.push(event(f.bytes()?)?),
+            (11, f) => event(span, f.bytes()?)?,
             (15, f) => merge_status(span.status.get_or_insert_with(Default::default), f.bytes()?)?,
             _ => {}
         }
     }
-    Ok(span)
+    Ok(())
 }
 
-fn log_record(buf: &[u8]) -> Result<LogRecord<'_>> {
-    let mut log = LogRecord::default();
+/// Reads a log record into `log`, which it empties first.
+fn log_record<'a>(log: &mut LogRecord<'a>, buf: &'a [u8]) -> Result<()> {
+    log.clear();
     let mut fields = Fields::new(buf);
     while let Some(field) = fields.next() {
         match field? {
@@ -332,7 +380,7 @@ fn log_record(buf: &[u8]) -> Result<LogRecord<'_>> {
             _ => {}
         }
     }
-    Ok(log)
+    Ok(())
 }
 
 /// Walks `Export{Trace,Logs}ServiceRequest` bytes: resource (field 1 of each resource
@@ -388,8 +436,10 @@ fn walk<'a>(
 
 /// Calls `each` with every span of an `ExportTraceServiceRequest`.
 pub fn spans<'a>(body: &'a [u8], mut each: impl FnMut(&Scope<'a>, &Span<'a>)) -> Result<()> {
+    let mut view = Span::default();
     walk(body, |scope, bytes| {
-        each(scope, &span(bytes)?);
+        span(&mut view, bytes)?;
+        each(scope, &view);
         Ok(())
     })
 }
@@ -399,8 +449,10 @@ pub fn log_records<'a>(
     body: &'a [u8],
     mut each: impl FnMut(&Scope<'a>, &LogRecord<'a>),
 ) -> Result<()> {
+    let mut view = LogRecord::default();
     walk(body, |scope, bytes| {
-        each(scope, &log_record(bytes)?);
+        log_record(&mut view, bytes)?;
+        each(scope, &view);
         Ok(())
     })
 }
@@ -467,7 +519,7 @@ mod tests {
                     .map(|e| pb_trace::span::Event {
                         time_unix_nano: e.time_unix_nano,
                         name: e.name.into(),
-                        attributes: e.attributes.iter().map(kv).collect(),
+                        attributes: s.event_attributes(e).iter().map(kv).collect(),
                         dropped_attributes_count: 0,
                     })
                     .collect(),
