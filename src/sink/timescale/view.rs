@@ -257,9 +257,59 @@ fn merge_key_value<'a>(kv: &mut KeyValue<'a>, buf: &'a [u8]) -> Result<()> {
 }
 
 fn key_value(buf: &[u8]) -> Result<KeyValue<'_>> {
+    // Every SDK writes an attribute as its key, then its value, each once and mostly with
+    // one-byte lengths: read that layout directly, anything else by the general rules.
+    // Attributes are most of the decoding a span costs.
+    if let [0x0a, key_len @ 0..0x80, rest @ ..] = buf {
+        if let Some((key, [0x12, value_len @ 0..0x80, value @ ..])) =
+            rest.split_at_checked(*key_len as usize)
+        {
+            if *value_len as usize == value.len() {
+                if let Some(value) = scalar(value) {
+                    let key =
+                        std::str::from_utf8(key).map_err(|_| ViewError("string is not UTF-8"))?;
+                    return Ok(KeyValue {
+                        key,
+                        value: Some(AnyValue {
+                            value: Some(value?),
+                        }),
+                    });
+                }
+            }
+        }
+    }
     let mut kv = KeyValue::default();
     merge_key_value(&mut kv, buf)?;
     Ok(kv)
+}
+
+/// An `AnyValue` made of one string, bool, int or double field with a one-byte length, as
+/// SDKs write scalars; `None` for anything else.
+fn scalar(buf: &[u8]) -> Option<Result<Value<'_>>> {
+    let mut rest = buf;
+    let value = match rest {
+        [0x0a, len @ 0..0x80, tail @ ..] if (*len as usize) == tail.len() => {
+            return Some(
+                std::str::from_utf8(tail)
+                    .map(Value::StringValue)
+                    .map_err(|_| ViewError("string is not UTF-8")),
+            )
+        }
+        [0x21, tail @ ..] if tail.len() == 8 => {
+            let bits = u64::from_le_bytes(tail.try_into().expect("8 bytes"));
+            return Some(Ok(Value::DoubleValue(f64::from_bits(bits))));
+        }
+        [0x10, ..] => {
+            rest = &rest[1..];
+            Value::BoolValue(read_varint(&mut rest)? != 0)
+        }
+        [0x18, ..] => {
+            rest = &rest[1..];
+            Value::IntValue(read_varint(&mut rest)? as i64)
+        }
+        _ => return None,
+    };
+    rest.is_empty().then_some(Ok(value))
 }
 
 fn merge_any<'a>(any: &mut AnyValue<'a>, buf: &'a [u8]) -> Result<()> {
@@ -676,6 +726,55 @@ mod tests {
             compared > 1000,
             "only {compared} decodable requests compared"
         );
+    }
+
+    /// Attributes in the layout `key_value` reads directly, and near misses of it that must
+    /// take the general path, read as `prost` decodes them.
+    #[test]
+    fn attributes_read_like_prost_in_and_out_of_the_usual_layout() {
+        use crate::signal::wire::encoding::{key, len_field as len};
+        let varint = |tag: u32, value: u64| {
+            let mut out = key(tag, 0);
+            prost::encoding::encode_varint(value, &mut out);
+            out
+        };
+        let double = |value: f64| [key(4, 1), value.to_le_bytes().to_vec()].concat();
+        let long = "x".repeat(200);
+        let values: Vec<Vec<u8>> = vec![
+            len(1, b"text"),
+            len(1, b""),
+            len(1, long.as_bytes()),
+            varint(2, 1),
+            varint(2, 300),
+            varint(3, 42),
+            varint(3, -5i64 as u64),
+            double(0.25),
+            [len(1, b"a"), varint(3, 7)].concat(),
+            [varint(3, 7), len(1, b"a")].concat(),
+            [len(1, b"a"), key(9, 5), vec![0; 4]].concat(),
+            len(5, &len(1, &len(1, b"nested"))),
+            len(7, &[0, 1, 2]),
+            Vec::new(),
+        ];
+        let mut attributes = Vec::new();
+        for value in &values {
+            attributes.push(len(9, &[len(1, b"k"), len(2, value)].concat()));
+            attributes.push(len(9, &[len(1, long.as_bytes()), len(2, value)].concat()));
+            attributes.push(len(9, &[len(2, value), len(1, b"k")].concat()));
+            attributes.push(len(
+                9,
+                &[len(1, b"k"), len(2, value), len(1, b"j")].concat(),
+            ));
+            attributes.push(len(
+                9,
+                &[len(1, b"k"), len(2, value), len(2, value)].concat(),
+            ));
+        }
+        attributes.push(len(9, &len(1, b"only a key")));
+        attributes.push(len(9, b""));
+        let body = len(1, &len(2, &len(2, &attributes.concat())));
+        assert!(Signal::Traces.count_protobuf(&body).is_ok());
+        assert_eq!(spans_by_view(&body).unwrap(), spans_by_prost(&body));
     }
 
     /// Merge rules: a message field seen twice merges, a oneof keeps the last variant and
