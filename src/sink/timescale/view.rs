@@ -10,7 +10,9 @@
 //! oneof takes the last variant, merging into it when it is the same message variant.
 //! `tests` compares the views with `prost`'s decoding of damaged but decodable requests.
 
-use crate::signal::wire::{read_varint, END_GROUP, FIXED32, FIXED64, LEN, START_GROUP, VARINT};
+use crate::signal::wire::{
+    read_varint, usual_key_value, Scalar, END_GROUP, FIXED32, FIXED64, LEN, START_GROUP, VARINT,
+};
 
 /// Why a body could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -257,59 +259,24 @@ fn merge_key_value<'a>(kv: &mut KeyValue<'a>, buf: &'a [u8]) -> Result<()> {
 }
 
 fn key_value(buf: &[u8]) -> Result<KeyValue<'_>> {
-    // Every SDK writes an attribute as its key, then its value, each once and mostly with
-    // one-byte lengths: read that layout directly, anything else by the general rules.
-    // Attributes are most of the decoding a span costs.
-    if let [0x0a, key_len @ 0..0x80, rest @ ..] = buf {
-        if let Some((key, [0x12, value_len @ 0..0x80, value @ ..])) =
-            rest.split_at_checked(*key_len as usize)
-        {
-            if *value_len as usize == value.len() {
-                if let Some(value) = scalar(value) {
-                    let key =
-                        std::str::from_utf8(key).map_err(|_| ViewError("string is not UTF-8"))?;
-                    return Ok(KeyValue {
-                        key,
-                        value: Some(AnyValue {
-                            value: Some(value?),
-                        }),
-                    });
-                }
-            }
-        }
+    // Attributes are most of the decoding a span costs: read the usual layout directly,
+    // anything else by the general rules.
+    if let Some((key, value)) = usual_key_value(buf) {
+        let text = |bytes| std::str::from_utf8(bytes).map_err(|_| ViewError("string is not UTF-8"));
+        let value = match value {
+            Scalar::Str(s) => Value::StringValue(text(s)?),
+            Scalar::Bool(b) => Value::BoolValue(b),
+            Scalar::Int(i) => Value::IntValue(i),
+            Scalar::Double(d) => Value::DoubleValue(d),
+        };
+        return Ok(KeyValue {
+            key: text(key)?,
+            value: Some(AnyValue { value: Some(value) }),
+        });
     }
     let mut kv = KeyValue::default();
     merge_key_value(&mut kv, buf)?;
     Ok(kv)
-}
-
-/// An `AnyValue` made of one string, bool, int or double field with a one-byte length, as
-/// SDKs write scalars; `None` for anything else.
-fn scalar(buf: &[u8]) -> Option<Result<Value<'_>>> {
-    let mut rest = buf;
-    let value = match rest {
-        [0x0a, len @ 0..0x80, tail @ ..] if (*len as usize) == tail.len() => {
-            return Some(
-                std::str::from_utf8(tail)
-                    .map(Value::StringValue)
-                    .map_err(|_| ViewError("string is not UTF-8")),
-            )
-        }
-        [0x21, tail @ ..] if tail.len() == 8 => {
-            let bits = u64::from_le_bytes(tail.try_into().expect("8 bytes"));
-            return Some(Ok(Value::DoubleValue(f64::from_bits(bits))));
-        }
-        [0x10, ..] => {
-            rest = &rest[1..];
-            Value::BoolValue(read_varint(&mut rest)? != 0)
-        }
-        [0x18, ..] => {
-            rest = &rest[1..];
-            Value::IntValue(read_varint(&mut rest)? as i64)
-        }
-        _ => return None,
-    };
-    rest.is_empty().then_some(Ok(value))
 }
 
 fn merge_any<'a>(any: &mut AnyValue<'a>, buf: &'a [u8]) -> Result<()> {
