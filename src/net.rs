@@ -62,9 +62,6 @@ pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, Tl
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// The largest HTTP/2 frame a peer may send us (the protocol allows 16 KiB to 16 MiB).
-const HTTP2_MAX_FRAME_SIZE: u32 = 256 * 1024;
-
 /// A TLS handshake that takes longer than this is abandoned.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -77,13 +74,7 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut builder = Builder::new(TokioExecutor::new());
-    // HTTP/2 peers may send DATA frames of at most 16 KiB unless told otherwise, so a 50 KB
-    // export arrived in four frames, each parsed, buffered and flow-controlled on both ends.
-    // With 256 KiB most requests are one frame: the load generator's CPU per request fell by
-    // about a fifth (docs/BENCHMARKS.md).
-    builder.http2().max_frame_size(HTTP2_MAX_FRAME_SIZE);
-    let builder = Arc::new(builder);
+    let builder = Arc::new(Builder::new(TokioExecutor::new()));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
