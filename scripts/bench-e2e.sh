@@ -10,7 +10,8 @@
 # Everything listens on 127.0.0.1 and stops by itself. Results: $OUT (default target/bench-e2e).
 #
 #  4. memory under overload: peak RSS of a gateway with a 64 MiB budget under more load than
-#     PostgreSQL can take, and the throttling answers it gave instead of growing.
+#     PostgreSQL can take, RSS every 5 s (highest of each half of the run: a plateau or
+#     growth), and the throttling answers it gave instead of growing.
 #  5. the cost of durability: the same loads with the durable log on (the default: ack after
 #     fsync) and off (memory-only queues), for rows (1d/1e) and for OTLP forwarding.
 # Knobs: BENCH_SECONDS (max-rate runs, default 60), BENCH_LATENCY_SECONDS (fixed-rate and
@@ -293,8 +294,19 @@ sed -e 's/^\[timescale\]/[pipeline]\nmemory_budget_bytes = 67108864\n[timescale]
 $BIN run --config "$work/overload.toml" 2>"$work/overload.log" &
 GW=$!; pids+=($GW)
 wait_for http://127.0.0.1:23133/readyz 30
+# RSS every 5 s while the load runs (seconds since the load started, KiB), to tell a plateau
+# from growth.
+(
+    start=$SECONDS
+    while [ -r "/proc/$GW/status" ]; do
+        echo "$((SECONDS - start)) $(awk '/^VmRSS/ {print $2}' "/proc/$GW/status")"
+        sleep 5
+    done
+) >"$OUT/overload-rss-series.txt" 2>/dev/null &
+SAMPLER=$!; pids+=($SAMPLER)
 $BIN load --endpoint http://127.0.0.1:24317 -c 32 -b 100 --duration "$OVERLOAD_SECS" --json >"$OUT/overload.json"
 grep -E 'VmHWM|VmRSS' "/proc/$GW/status" | tr -s ' ' >"$OUT/overload-rss.txt"
+kill "$SAMPLER"; wait "$SAMPLER" 2>/dev/null || true
 kill "$GW"; wait "$GW" 2>/dev/null || true
 fi
 
@@ -362,4 +374,12 @@ if os.path.exists(f"{out}/overload.json"):
     rss = open(f"{out}/overload-rss.txt").read().split()
     print(f"\nOverload with a 64 MiB budget: offered {o['items_per_second_offered']:.0f} frames/s, acknowledged {o['items_per_second_acknowledged']:.0f}/s, "
       f"refusals {o['refusals']}, gateway {' '.join(rss)}")
+    series = [tuple(map(int, l.split())) for l in open(f"{out}/overload-rss-series.txt") if len(l.split()) == 2] \
+        if os.path.exists(f"{out}/overload-rss-series.txt") else []
+    if len(series) >= 4:
+        half = series[-1][0] / 2
+        first = max(kb for t, kb in series if t <= half)
+        second = max(kb for t, kb in series if t > half)
+        print(f"  RSS sampled every 5 s ({len(series)} samples): highest in the first half {first / 1024:.0f} MiB, "
+              f"in the second half {second / 1024:.0f} MiB ({(second - first) / 1024:+.0f} MiB), at the end {series[-1][1] / 1024:.0f} MiB")
 PY

@@ -3,6 +3,7 @@
 //! place to check against).
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
@@ -218,8 +219,32 @@ pub fn prometheus() -> &'static PrometheusHandle {
         // handle renders nothing, which /metrics makes visible rather than hiding.
         let _ = metrics::set_global_recorder(recorder);
         describe_metrics();
+        spawn_upkeep(handle.clone());
         handle
     })
+}
+
+/// How often histogram samples are folded into their buckets when nothing scrapes /metrics.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The name of the thread that runs the recorder's upkeep.
+pub const UPKEEP_THREAD: &str = "metrics-upkeep";
+
+/// A recorder made with `build_recorder` keeps every histogram sample until something folds
+/// it into the buckets: a scrape of /metrics or `run_upkeep`. With nobody scraping, that is
+/// about 8 bytes per sample for ever: under a 5-minute overload the gateway's RSS grew by
+/// 80 MiB. This thread folds them every few seconds, whether or not anybody scrapes. It is
+/// a thread, not a task, because the recorder outlives any one runtime.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name(UPKEEP_THREAD.into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_INTERVAL);
+            handle.run_upkeep();
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot start the metrics upkeep thread: histogram samples will be kept until /metrics is scraped");
+    }
 }
 
 fn describe_metrics() {
@@ -380,3 +405,25 @@ pub const SINK_BATCH_ROWS: &str = "otelgate_sink_batch_rows";
 pub const SINK_COPY_SECONDS: &str = "otelgate_sink_copy_seconds";
 /// Seconds from the receiver accepting the oldest request of a batch to its commit. Labels: table.
 pub const SINK_RECEIVE_TO_COMMIT_SECONDS: &str = "otelgate_sink_receive_to_commit_seconds";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Histogram samples are only bounded if the upkeep thread runs: without it, a gateway
+    /// nobody scrapes grows by every sample it records.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_recorder_comes_with_its_upkeep_thread() {
+        let threads = || {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .filter(|name| name.trim_end() == UPKEEP_THREAD)
+                .count()
+        };
+        prometheus();
+        prometheus();
+        assert_eq!(threads(), 1, "one upkeep thread per process");
+    }
+}
