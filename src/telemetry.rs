@@ -228,12 +228,12 @@ pub fn prometheus() -> &'static PrometheusHandle {
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The name of the thread that runs the recorder's upkeep.
-pub const UPKEEP_THREAD: &str = "metrics-upkeep";
+const UPKEEP_THREAD: &str = "metrics-upkeep";
 
 /// A recorder made with `build_recorder` keeps every histogram sample until something folds
 /// it into the buckets: a scrape of /metrics or `run_upkeep`. With nobody scraping, that is
 /// about 8 bytes per sample for ever: under a 5-minute overload the gateway's RSS grew by
-/// 80 MiB. This thread folds them every few seconds, whether or not anybody scrapes. It is
+/// 84 MiB. This thread folds them every few seconds, whether or not anybody scrapes. It is
 /// a thread, not a task, because the recorder outlives any one runtime.
 fn spawn_upkeep(handle: PrometheusHandle) {
     let spawned = std::thread::Builder::new()

@@ -246,10 +246,7 @@ fn span(
     attributes: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>,
     seq: u8,
 ) -> opentelemetry_proto::tonic::trace::v1::Span {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let now = otelgate::demo::generator::now_nanos();
     opentelemetry_proto::tonic::trace::v1::Span {
         trace_id: vec![seq; 16],
         span_id: vec![seq; 8],
@@ -481,10 +478,7 @@ async fn the_ledger_skips_a_replayed_batch() {
     let pool = pool(&config).unwrap();
     // Recent times: with TimescaleDB, the retention policy the gateway installed would drop
     // chunks of old times while the test runs.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64;
+    let now = otelgate::demo::generator::now_nanos() as i64;
     let mut rows = Rows::default();
     for i in 0..3 {
         rows.push(&[Cell::Timestamp(now + i), Cell::Text(format!("cam-{i}"))]);
