@@ -424,6 +424,11 @@ mod tests {
         };
         prometheus();
         prometheus();
+        // A new thread names itself once it runs: give it a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while threads() == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(threads(), 1, "one upkeep thread per process");
     }
 }
