@@ -136,8 +136,10 @@ impl Gateway {
                     )?;
                     let replay_until = log.opened_at().seq;
                     let committed = if reader.start().seq < replay_until {
-                        let committed = Committed::load(&pool, log.id(), reader.start().seq)
-                            .await
+                        let current = timescale::ledger_keys(extractor.mappings());
+                        let committed =
+                            Committed::load(&pool, log.id(), reader.start().seq, &current)
+                                .await
                             .context("cannot read the ledger to resume from the log")?;
                         tracing::info!(
                             ledger_rows = committed.len(),
@@ -147,11 +149,13 @@ impl Gateway {
                     } else {
                         Committed::default()
                     };
+                    let progress = reader.tracker();
                     readers.spawn(reader.run(readers_stop.clone()));
                     Some(LogLedger {
                         log_id: log.id(),
                         replay_until,
                         committed,
+                        progress,
                     })
                 }
                 None => {

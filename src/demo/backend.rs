@@ -178,7 +178,13 @@ impl RecordingBackend {
 
     /// The bodies of successful requests of `signal`, decompressed, in arrival order.
     pub fn bodies(&self, signal: Signal) -> Vec<Bytes> {
-        self.recorder.bodies.lock().expect("not poisoned")[signal.index()].clone()
+        self.bodies_from(signal, 0)
+    }
+
+    /// Bodies of `signal` from the `start`th on (for readers that keep up incrementally).
+    pub fn bodies_from(&self, signal: Signal, start: usize) -> Vec<Bytes> {
+        let bodies = self.recorder.bodies.lock().expect("not poisoned");
+        bodies[signal.index()].iter().skip(start).cloned().collect()
     }
 
     /// All successful requests of `signal` merged into one message (protobuf concatenation).

@@ -138,3 +138,32 @@ pub async fn until_accepted(addr: SocketAddr, body: Bytes, what: &str) {
 }
 
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Names the external programs whose absence `scripts/test.sh` may allow (comma-separated:
+/// `timescaledb`, `pgbouncer`, `prometheus`, or `all`). A test that needs a missing program
+/// fails; its name ends in `_needs_<program>`, and when the program is allowed to be missing
+/// `scripts/test.sh` leaves those tests out, so the runner's summary counts them as skipped.
+pub const ALLOW_MISSING_ENV: &str = "OTELGATE_TEST_ALLOW_MISSING";
+
+/// Fails the calling test because `program` is missing, saying how to install it.
+#[track_caller]
+pub fn missing(program: &str, install: &str) -> ! {
+    panic!(
+        "{program} is missing: {install}. ./scripts/setup.sh installs it. To run the suite \
+         without it, set {ALLOW_MISSING_ENV}={program} and use ./scripts/test.sh, which then \
+         skips the tests named *_needs_{program} and counts them in its summary."
+    )
+}
+
+/// A throwaway PostgreSQL with TimescaleDB, or the test fails.
+pub fn postgres_with_timescaledb() -> otelgate::demo::postgres::TempPostgres {
+    let pg = otelgate::demo::postgres::TempPostgres::start(false).unwrap();
+    if !pg.timescaledb() {
+        missing(
+            "timescaledb",
+            "the PostgreSQL the tests use (PG_BIN_DIR, else the newest /usr/lib/postgresql/*) \
+             has no timescaledb.so",
+        );
+    }
+    pg
+}

@@ -469,7 +469,7 @@ async fn killed_connections_lose_and_duplicate_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_skips_a_replayed_batch() {
-    use otelgate::sink::timescale::sink::{copy_batch, pool, Written};
+    use otelgate::sink::timescale::sink::{copy_batch, pool, LedgerClaim, Written};
     use otelgate::sink::timescale::{Cell, Rows};
     let pg = TempPostgres::start(false).unwrap();
     let config = sink_config(&pg.url());
@@ -485,22 +485,28 @@ async fn the_ledger_skips_a_replayed_batch() {
     }
     let data = rows.into_batch().data().clone();
     let sql = "COPY frame_metadata (time, camera_id) FROM STDIN (FORMAT binary)";
+    let claim = |batch_id| LedgerClaim {
+        batch_id,
+        table: "frame_metadata",
+        key: None,
+        range: None,
+    };
     let id = uuid::Uuid::new_v4();
     assert_eq!(
-        copy_batch(&pool, "frame_metadata", sql, &data, id, 3, None)
+        copy_batch(&pool, sql, &data, 3, claim(id))
             .await
             .unwrap(),
         Written::Committed
     );
     assert_eq!(
-        copy_batch(&pool, "frame_metadata", sql, &data, id, 3, None)
+        copy_batch(&pool, sql, &data, 3, claim(id))
             .await
             .unwrap(),
         Written::AlreadyCommitted
     );
     let other = uuid::Uuid::new_v4();
     assert_eq!(
-        copy_batch(&pool, "frame_metadata", sql, &data, other, 3, None)
+        copy_batch(&pool, sql, &data, 3, claim(other))
             .await
             .unwrap(),
         Written::Committed
@@ -508,8 +514,8 @@ async fn the_ledger_skips_a_replayed_batch() {
     // Two attempts of one batch at the same time (a retry racing a slow COMMIT): one writes.
     let racing = uuid::Uuid::new_v4();
     let (a, b) = tokio::join!(
-        copy_batch(&pool, "frame_metadata", sql, &data, racing, 3, None),
-        copy_batch(&pool, "frame_metadata", sql, &data, racing, 3, None)
+        copy_batch(&pool, sql, &data, 3, claim(racing)),
+        copy_batch(&pool, sql, &data, 3, claim(racing))
     );
     let mut outcomes = [a.unwrap(), b.unwrap()];
     outcomes.sort_by_key(|w| matches!(w, Written::AlreadyCommitted));
@@ -540,7 +546,7 @@ async fn migrations_are_idempotent_and_safe_when_run_together() {
         applied.extend(run.await.unwrap().applied);
     }
     let db = connect(&pg.url()).await;
-    let expected = if pg.timescaledb() { 4 } else { 3 };
+    let expected = if pg.timescaledb() { 5 } else { 4 };
     assert_eq!(
         applied.len(),
         expected,
@@ -625,11 +631,10 @@ impl Drop for PgBouncer {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn works_through_pgbouncer_in_transaction_mode() {
+async fn works_through_pgbouncer_in_transaction_mode_needs_pgbouncer() {
     let pg = TempPostgres::start(false).unwrap();
     let Some(bouncer) = PgBouncer::start(&pg) else {
-        println!("SKIP works_through_pgbouncer_in_transaction_mode: pgbouncer is not installed (apt-get install pgbouncer)");
-        return;
+        crate::missing("pgbouncer", "apt-get install pgbouncer");
     };
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", bouncer.port);
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -758,12 +763,8 @@ async fn plain_postgresql_gets_plain_tables_and_views_with_a_warning() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timescaledb_hypertables_compression_aggregates_and_retention() {
-    let pg = TempPostgres::start(false).unwrap();
-    if !pg.timescaledb() {
-        println!("SKIP timescaledb_hypertables_compression_aggregates_and_retention: TimescaleDB is not installed in this PostgreSQL");
-        return;
-    }
+async fn hypertables_compression_aggregates_and_retention_needs_timescaledb() {
+    let pg = crate::postgres_with_timescaledb();
     let gateway = gateway_with_sink(sink_config(&pg.url())).await;
     let db = connect(&pg.url()).await;
     let hypertables: Vec<String> = db

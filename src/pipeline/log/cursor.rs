@@ -119,6 +119,11 @@ impl Tracker {
         self.lock().saved != Some(cursor)
     }
 
+    /// The cursor last written to disk: where a restart would begin.
+    pub fn saved(&self) -> Option<Position> {
+        self.lock().saved
+    }
+
     pub fn mark_saved(&self, cursor: Position) {
         self.lock().saved = Some(cursor);
     }

@@ -75,6 +75,11 @@ impl Reader {
     }
 
     /// Where this reader starts.
+    /// This destination's progress through the log.
+    pub fn tracker(&self) -> Arc<Tracker> {
+        self.tracker.clone()
+    }
+
     pub fn start(&self) -> Position {
         self.tracker.next()
     }

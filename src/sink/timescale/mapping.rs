@@ -21,6 +21,16 @@ pub enum RecordKind {
     Log,
 }
 
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Span => "span",
+            RecordKind::SpanEvent => "span_event",
+            RecordKind::Log => "log",
+        }
+    }
+}
+
 /// A column's PostgreSQL type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -153,6 +163,13 @@ pub struct Column {
 /// A compiled, validated mapping.
 #[derive(Debug, Clone)]
 pub struct Mapping {
+    /// What the ledger knows this mapping by across restarts: `<table>/<record>/<name>`
+    /// (`*` for no name), with `#2`, `#3`... for later mappings that share all three.
+    pub ledger_id: String,
+    /// A checksum of the mapping's whole definition. Rows are numbered per mapping within a
+    /// log record, and a changed definition can number them differently, so ledger ranges
+    /// carry it and a replay treats ranges of another definition by record, not by row.
+    pub fingerprint: u32,
     pub table: String,
     pub record: RecordKind,
     pub name: Option<String>,
@@ -304,6 +321,12 @@ fn compile_one(config: &MappingConfig) -> Result<Mapping, String> {
         });
     }
     Ok(Mapping {
+        ledger_id: format!(
+            "{table}/{}/{}",
+            config.record.as_str(),
+            config.name.as_deref().unwrap_or("*")
+        ),
+        fingerprint: crc32fast::hash(format!("{config:?}").as_bytes()),
         table: table.clone(),
         record: config.record,
         name: config.name.clone(),
@@ -322,7 +345,15 @@ pub fn compile(config: &TimescaleSinkConfig) -> Result<Vec<Mapping>, String> {
         all.extend(builtin());
     }
     all.extend(config.mappings.iter().cloned());
-    let mappings = all.iter().map(compile_one).collect::<Result<Vec<_>, _>>()?;
+    let mut mappings = all.iter().map(compile_one).collect::<Result<Vec<_>, _>>()?;
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for mapping in &mut mappings {
+        let count = seen.entry(mapping.ledger_id.clone()).or_default();
+        *count += 1;
+        if *count > 1 {
+            mapping.ledger_id = format!("{}#{count}", mapping.ledger_id);
+        }
+    }
     let mut types: BTreeMap<(&str, &str), ColumnType> = BTreeMap::new();
     for mapping in &mappings {
         for column in &mapping.columns {

@@ -13,7 +13,7 @@ use super::mapping::{self, Mapping, BUILTIN_TABLES};
 /// Key of the advisory lock that serializes schema changes between gateways.
 const MIGRATION_LOCK: i64 = 0x6f74_656c_6761_7465; // "otelgate"
 
-const MIGRATIONS: [(&str, &str); 5] = [
+const MIGRATIONS: [(&str, &str); 6] = [
     (
         "0001_tables",
         include_str!("../../../migrations/0001_tables.sql"),
@@ -33,6 +33,10 @@ const MIGRATIONS: [(&str, &str); 5] = [
     (
         "0004_ledger_log_positions",
         include_str!("../../../migrations/0004_ledger_log_positions.sql"),
+    ),
+    (
+        "0005_ledger_mappings",
+        include_str!("../../../migrations/0005_ledger_mappings.sql"),
     ),
 ];
 

@@ -21,8 +21,10 @@ use super::config::TimescaleSinkConfig;
 use super::copy::{Batch, Cell, Rows};
 use super::error::{Failure, TimescaleSinkError};
 use super::extract::{Extractor, RowBatch};
-use super::mapping::ColumnType;
+use super::ledger::{Committed, Coverage, LedgerKey, LedgerRange, RowKey};
+use super::mapping::{ColumnType, Mapping};
 use crate::export::otlp::{Backoff, RetryConfig};
+use crate::pipeline::log::Tracker;
 use crate::pipeline::{Delivery, Payload, QueueReceiver};
 use crate::telemetry::{self, reason};
 
@@ -42,6 +44,8 @@ pub struct SinkReport {
 #[derive(Debug)]
 struct Target {
     table: String,
+    /// What the ledger knows the rows' mapping by.
+    ledger: LedgerKey,
     copy_sql: String,
     /// The columns' types, to read a refused row back.
     types: Vec<ColumnType>,
@@ -50,10 +54,11 @@ struct Target {
 }
 
 impl Target {
-    fn new(table: &str, columns: &[(String, ColumnType)]) -> Self {
+    fn new(table: &str, ledger: LedgerKey, columns: &[(String, ColumnType)]) -> Self {
         let names: Vec<String> = columns.iter().map(|(c, _)| format!("\"{c}\"")).collect();
         Target {
             table: table.to_owned(),
+            ledger,
             copy_sql: format!(
                 "COPY \"{table}\" ({}) FROM STDIN (FORMAT binary)",
                 names.join(", ")
@@ -63,8 +68,21 @@ impl Target {
         }
     }
 
-    /// `otelgate_rejected_rows`.
-    fn rejected() -> Self {
+    fn mapping(mapping: &Mapping) -> Self {
+        let ledger = LedgerKey {
+            mapping: mapping.ledger_id.clone(),
+            fingerprint: mapping.fingerprint,
+        };
+        Target::new(
+            &mapping.table,
+            ledger,
+            &super::mapping::mapping_columns(mapping),
+        )
+    }
+
+    /// `otelgate_rejected_rows`, for records that every mapping together turned away: their
+    /// rows are numbered per record in mapping order, so the fingerprint covers all mappings.
+    fn rejected(mappings: &[Mapping]) -> Self {
         let columns = [
             ("time", ColumnType::Timestamptz),
             ("table_name", ColumnType::Text),
@@ -73,11 +91,31 @@ impl Target {
         ];
         let columns: Vec<(String, ColumnType)> =
             columns.iter().map(|(n, t)| (n.to_string(), *t)).collect();
+        let mut fingerprint = crc32fast::Hasher::new();
+        for mapping in mappings {
+            fingerprint.update(&mapping.fingerprint.to_le_bytes());
+        }
+        let ledger = LedgerKey {
+            mapping: REJECTED_TABLE.to_owned(),
+            fingerprint: fingerprint.finalize(),
+        };
         Target {
             rejections: true,
-            ..Target::new("otelgate_rejected_rows", &columns)
+            ..Target::new(REJECTED_TABLE, ledger, &columns)
         }
     }
+}
+
+const REJECTED_TABLE: &str = "otelgate_rejected_rows";
+
+/// Ledger ranges of this pseudo-mapping are what every mapping rejected together.
+pub fn ledger_keys(mappings: &[Mapping]) -> Vec<LedgerKey> {
+    mappings
+        .iter()
+        .map(Target::mapping)
+        .chain(std::iter::once(Target::rejected(mappings)))
+        .map(|target| target.ledger)
+        .collect()
 }
 
 #[derive(Default)]
@@ -88,73 +126,6 @@ struct Tally {
     in_flight: AtomicU64,
 }
 
-/// A row's place in the durable log: the record's sequence number and the row's index among
-/// the rows one mapping extracted from that record (extraction is deterministic).
-pub type RowKey = (u64, u32);
-
-/// Which rows of the log a ledger row covers (both ends inclusive).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LedgerRange {
-    pub log_id: uuid::Uuid,
-    pub first: RowKey,
-    pub last: RowKey,
-}
-
-/// Rows already committed from the records about to be replayed, per table, read from the
-/// ledger at start-up.
-#[derive(Debug, Default)]
-pub struct Committed {
-    ranges: std::collections::HashMap<String, Vec<(RowKey, RowKey)>>,
-}
-
-impl Committed {
-    /// Reads the ledger rows of log `log_id` that end at or after record `from_seq`.
-    pub async fn load(
-        pool: &Pool,
-        log_id: uuid::Uuid,
-        from_seq: u64,
-    ) -> Result<Self, TimescaleSinkError> {
-        let client = pool.get().await.map_err(TimescaleSinkError::from)?;
-        let rows = client
-            .query_typed(
-                "SELECT table_name, first_seq, first_row, last_seq, last_row FROM otelgate_ledger WHERE log_id = $1 AND last_seq >= $2",
-                &[(&log_id, Type::UUID), (&(from_seq as i64), Type::INT8)],
-            )
-            .await?;
-        let mut committed = Committed::default();
-        for row in rows {
-            let key = |seq: i64, index: i32| (seq as u64, index as u32);
-            committed
-                .ranges
-                .entry(row.get(0))
-                .or_default()
-                .push((key(row.get(1), row.get(2)), key(row.get(3), row.get(4))));
-        }
-        for ranges in committed.ranges.values_mut() {
-            ranges.sort_unstable();
-        }
-        Ok(committed)
-    }
-
-    /// Ledger rows found.
-    pub fn len(&self) -> usize {
-        self.ranges.values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Whether the row `key` of `table` is already committed.
-    pub fn covers(&self, table: &str, key: RowKey) -> bool {
-        let Some(ranges) = self.ranges.get(table) else {
-            return false;
-        };
-        let after = ranges.partition_point(|(first, _)| *first <= key);
-        ranges[..after].iter().rev().any(|(_, last)| key <= *last)
-    }
-}
-
 /// What the sink needs when it reads from the durable log.
 #[derive(Debug)]
 pub struct LogLedger {
@@ -162,6 +133,10 @@ pub struct LogLedger {
     /// Records before this one may have been written before a crash.
     pub replay_until: u64,
     pub committed: Committed,
+    /// The sink's progress through the log: ledger rows of records before its saved cursor
+    /// are never needed again (a restart starts at the saved cursor), so they are pruned by
+    /// that position, never by age.
+    pub progress: Arc<Tracker>,
 }
 
 /// Rows waiting to be written to one target.
@@ -222,9 +197,10 @@ impl TimescaleSink {
         let mut targets: Vec<Arc<Target>> = extractor
             .mappings()
             .iter()
-            .map(|m| Arc::new(Target::new(&m.table, &super::mapping::mapping_columns(m))))
+            .map(|m| Arc::new(Target::mapping(m)))
             .collect();
-        targets.push(Arc::new(Target::rejected()));
+        targets.push(Arc::new(Target::rejected(extractor.mappings())));
+        let rejected = Target::rejected(extractor.mappings());
         TimescaleSink {
             extractor,
             queue,
@@ -239,7 +215,7 @@ impl TimescaleSink {
                     config.max_elapsed()
                 },
                 log_id: log.as_ref().map(|l| l.log_id),
-                rejected: Target::rejected(),
+                rejected,
             }),
             targets,
             max_rows: config.max_rows,
@@ -281,7 +257,8 @@ impl TimescaleSink {
                 _ = prune.tick() => {
                     let writer = self.writer.clone();
                     let (hours, days) = (self.ledger_retention_hours, self.rejected_retention_days);
-                    tasks.spawn(async move { writer.prune(hours, days).await });
+                    let saved = self.log.as_ref().and_then(|log| Some((log.log_id, log.progress.saved()?.seq)));
+                    tasks.spawn(async move { writer.prune(hours, days, saved).await });
                 }
                 received = self.queue.recv() => {
                     let Some(payload) = received else { break };
@@ -379,19 +356,24 @@ impl TimescaleSink {
     fn take_rows(&self, slot: &mut Pending, index: usize, rows: &Rows, payload: &Delivery) {
         match (payload.position(), &self.log) {
             (Some(at), Some(log)) => {
-                let table = &self.targets[index].table;
+                let target = &self.targets[index];
                 let replaying = at.seq < log.replay_until;
                 let before = slot.rows.len();
-                let mut skipped = 0u64;
+                let (mut skipped, mut changed) = (0u64, 0u64);
                 if replaying {
                     for row_index in 0..rows.len() {
                         let key = (at.seq, row_index as u32);
-                        if log.committed.covers(table, key) {
-                            skipped += 1;
-                            continue;
+                        match log
+                            .committed
+                            .covers(&target.ledger.mapping, &target.table, key)
+                        {
+                            Coverage::Unwritten => {
+                                slot.rows.append_row(rows, row_index);
+                                slot.keys.push(key);
+                            }
+                            Coverage::Committed => skipped += 1,
+                            Coverage::ChangedMapping => changed += 1,
                         }
-                        slot.rows.append_row(rows, row_index);
-                        slot.keys.push(key);
                     }
                 } else {
                     slot.rows.append(rows);
@@ -399,8 +381,19 @@ impl TimescaleSink {
                         .extend((0..rows.len() as u32).map(|row_index| (at.seq, row_index)));
                 }
                 if skipped > 0 {
-                    metrics::counter!(telemetry::SINK_REPLAY_SKIPPED_ROWS, "table" => table.clone())
+                    metrics::counter!(telemetry::SINK_REPLAY_SKIPPED_ROWS, "table" => target.table.clone(), "reason" => "committed")
                         .increment(skipped);
+                }
+                if changed > 0 {
+                    metrics::counter!(telemetry::SINK_REPLAY_SKIPPED_ROWS, "table" => target.table.clone(), "reason" => "mapping_changed")
+                        .increment(changed);
+                    tracing::warn!(
+                        table = %target.table,
+                        mapping = %target.ledger.mapping,
+                        rows = changed,
+                        seq = at.seq,
+                        "A mapping changed since these rows were partly written before the restart; the record's rows are skipped rather than risk writing any twice."
+                    );
                 }
                 if slot.rows.len() == before {
                     return;
@@ -536,23 +529,31 @@ pub enum Written {
     AlreadyCommitted,
 }
 
+/// The ledger row a batch claims: its id, and what it covers.
+#[derive(Debug, Clone, Copy)]
+pub struct LedgerClaim<'a> {
+    pub batch_id: uuid::Uuid,
+    /// The table the mapping fills (for people reading the ledger).
+    pub table: &'a str,
+    /// The mapping whose rows these are, for replays; `None` outside the durable log.
+    pub key: Option<&'a LedgerKey>,
+    pub range: Option<LedgerRange>,
+}
+
 /// Writes one batch of binary COPY `data` (`rows` rows) with `copy_sql` in one transaction
-/// that first claims `batch_id` in the ledger. If the id is already there (an earlier attempt
-/// committed), or an attempt still in flight commits it while this one waits on the ledger
-/// row, nothing is written. Public for tests of the exactly-once contract.
-#[allow(clippy::too_many_arguments)]
+/// that first claims `claim.batch_id` in the ledger. If the id is already there (an earlier
+/// attempt committed), or an attempt still in flight commits it while this one waits on the
+/// ledger row, nothing is written. Public for tests of the exactly-once contract.
 pub async fn copy_batch(
     pool: &Pool,
-    table: &str,
     copy_sql: &str,
     data: &Bytes,
-    batch_id: uuid::Uuid,
     rows: usize,
-    range: Option<LedgerRange>,
+    claim: LedgerClaim<'_>,
 ) -> Result<Written, TimescaleSinkError> {
     let mut client = pool.get().await.map_err(TimescaleSinkError::from)?;
     let tx = client.transaction().await?;
-    let (log_id, first_seq, first_row, last_seq, last_row) = match range {
+    let (log_id, first_seq, first_row, last_seq, last_row) = match claim.range {
         Some(r) => (
             Some(r.log_id),
             Some(r.first.0 as i64),
@@ -562,19 +563,23 @@ pub async fn copy_batch(
         ),
         None => (None, None, None, None, None),
     };
+    let mapping = claim.key.map(|k| k.mapping.as_str());
+    let fingerprint = claim.key.map(|k| i64::from(k.fingerprint));
     let claimed = tx
         .execute_typed(
-            "INSERT INTO otelgate_ledger (batch_id, table_name, row_count, log_id, first_seq, first_row, last_seq, last_row) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (batch_id) DO NOTHING",
+            "INSERT INTO otelgate_ledger (batch_id, table_name, row_count, log_id, first_seq, first_row, last_seq, last_row, mapping, mapping_fingerprint) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (batch_id) DO NOTHING",
             &[
-                (&batch_id, Type::UUID),
-                (&table, Type::TEXT),
+                (&claim.batch_id, Type::UUID),
+                (&claim.table, Type::TEXT),
                 (&(rows as i64), Type::INT8),
                 (&log_id, Type::UUID),
                 (&first_seq, Type::INT8),
                 (&first_row, Type::INT4),
                 (&last_seq, Type::INT8),
                 (&last_row, Type::INT4),
+                (&mapping, Type::TEXT),
+                (&fingerprint, Type::INT8),
             ],
         )
         .await?;
@@ -607,7 +612,7 @@ impl Writer {
         while let Some((rows, mut keys)) = stack.pop() {
             let count = rows.len() as u64;
             let range = self.range(&keys);
-            match self.write_batch(target, &target.table, &rows, range).await {
+            match self.write_batch(target, target, &rows, range).await {
                 Ok(()) if target.rejections => {
                     self.tally.rejected.fetch_add(count, Ordering::Relaxed);
                 }
@@ -633,7 +638,7 @@ impl Writer {
                         Some(cells) => cells.iter().map(Cell::to_json).collect(),
                         None => serde_json::Value::Null,
                     };
-                    // Under the target's name in the ledger, so a replay skips this row too.
+                    // Under the target's mapping in the ledger, so a replay skips this row too.
                     let mut rejected = Rows::default();
                     rejected.push(&[
                         Cell::Timestamp(now_nanos()),
@@ -642,7 +647,7 @@ impl Writer {
                         Cell::json(&serde_json::json!({ "row": record })),
                     ]);
                     match self
-                        .write_batch(&self.rejected, &target.table, &rejected.into_batch(), range)
+                        .write_batch(&self.rejected, target, &rejected.into_batch(), range)
                         .await
                     {
                         Ok(()) => {
@@ -676,11 +681,13 @@ impl Writer {
         })
     }
 
-    /// One batch, one id, retried on transient failures until `max_elapsed`.
+    /// One batch, one id, retried on transient failures until `max_elapsed`. The rows go to
+    /// `target`'s table; the ledger row is `ledger`'s (the same target, except for a refused
+    /// row kept in `otelgate_rejected_rows` in its mapping's place).
     async fn write_batch(
         &self,
         target: &Target,
-        ledger_table: &str,
+        ledger: &Target,
         rows: &Batch,
         range: Option<LedgerRange>,
     ) -> Result<(), (Failure, String)> {
@@ -695,7 +702,7 @@ impl Writer {
         let mut attempt = 0u32;
         loop {
             let error = match self
-                .try_write(target, ledger_table, data, batch_id, rows.len(), range)
+                .try_write(target, ledger, data, batch_id, rows.len(), range)
                 .await
             {
                 Ok(written) => {
@@ -729,23 +736,20 @@ impl Writer {
     async fn try_write(
         &self,
         target: &Target,
-        ledger_table: &str,
+        ledger: &Target,
         data: &Bytes,
         batch_id: uuid::Uuid,
         rows: usize,
         range: Option<LedgerRange>,
     ) -> Result<Written, TimescaleSinkError> {
         let started = std::time::Instant::now();
-        let written = copy_batch(
-            &self.pool,
-            ledger_table,
-            &target.copy_sql,
-            data,
+        let claim = LedgerClaim {
             batch_id,
-            rows,
+            table: &ledger.table,
+            key: range.is_some().then_some(&ledger.ledger),
             range,
-        )
-        .await?;
+        };
+        let written = copy_batch(&self.pool, &target.copy_sql, data, rows, claim).await?;
         if matches!(written, Written::Committed) {
             metrics::histogram!(telemetry::SINK_COPY_SECONDS, "table" => target.table.clone())
                 .record(started.elapsed().as_secs_f64());
@@ -753,16 +757,28 @@ impl Writer {
         Ok(written)
     }
 
-    /// Deletes ledger rows older than `hours` and rejected rows older than `days`.
-    async fn prune(&self, hours: u64, days: u64) {
+    /// Deletes ledger rows no retry or replay can need, and rejected rows older than `days`.
+    /// Rows of this gateway's log go once they end before the sink's saved cursor (`saved`),
+    /// whatever their age: a restart replays from that cursor and never reads them. Rows
+    /// written without the log (a retried batch only looks for its own id) go after `hours`.
+    /// Rows of other logs belong to other gateways sharing the database, which prune their own.
+    async fn prune(&self, hours: u64, days: u64, saved: Option<(uuid::Uuid, u64)>) {
         let result = async {
             let client = self.pool.get().await.map_err(TimescaleSinkError::from)?;
             // Both numbers come from the config, not from user data.
             let sql = format!(
-                "DELETE FROM otelgate_ledger WHERE committed_at < now() - interval '{hours} hours';
+                "DELETE FROM otelgate_ledger WHERE log_id IS NULL AND committed_at < now() - interval '{hours} hours';
                  DELETE FROM otelgate_rejected_rows WHERE time < now() - interval '{days} days';"
             );
             client.batch_execute(&sql).await?;
+            if let Some((log_id, seq)) = saved {
+                client
+                    .execute_typed(
+                        "DELETE FROM otelgate_ledger WHERE log_id = $1 AND last_seq < $2",
+                        &[(&log_id, Type::UUID), (&(seq as i64), Type::INT8)],
+                    )
+                    .await?;
+            }
             Ok::<_, TimescaleSinkError>(())
         }
         .await;
