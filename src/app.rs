@@ -140,7 +140,7 @@ impl Gateway {
                         let committed =
                             Committed::load(&pool, log.id(), reader.start().seq, &current)
                                 .await
-                            .context("cannot read the ledger to resume from the log")?;
+                                .context("cannot read the ledger to resume from the log")?;
                         tracing::info!(
                             ledger_rows = committed.len(),
                             "Rows committed before the restart will be skipped."

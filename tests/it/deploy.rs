@@ -2220,9 +2220,7 @@ async fn check_sql_against(pg: &TempPostgres, label: &str) {
     let (mut ran, mut skipped) = (0, 0);
     for (origin, sql) in dashboard_sql() {
         if needs_timescaledb(&sql) && !timescaledb {
-            println!(
-                "[{label}] {origin}: TimescaleDB-only, left to the _needs_timescaledb test"
-            );
+            println!("[{label}] {origin}: TimescaleDB-only, left to the _needs_timescaledb test");
             skipped += 1;
             continue;
         }
@@ -2298,7 +2296,9 @@ async fn check_sql_against(pg: &TempPostgres, label: &str) {
             });
         ran += 1;
     }
-    println!("[{label}] {ran} dashboard and exporter queries ran, {skipped} left out (TimescaleDB-only)");
+    println!(
+        "[{label}] {ran} dashboard and exporter queries ran, {skipped} left out (TimescaleDB-only)"
+    );
     assert!(
         !timescaledb || skipped == 0,
         "with TimescaleDB every query runs"
@@ -2388,7 +2388,10 @@ fn the_log_size_alert_assumes_the_shipped_log_max_bytes() {
 #[test]
 fn promtool_accepts_the_rules_and_the_config_needs_prometheus() {
     let Some(promtool) = installed("promtool") else {
-        crate::missing("prometheus", "promtool is not on PATH (apt-get install prometheus)");
+        crate::missing(
+            "prometheus",
+            "promtool is not on PATH (apt-get install prometheus)",
+        );
     };
     for args in [
         vec![
@@ -2427,7 +2430,10 @@ async fn prometheus_query(client: &reqwest::Client, base: &str, path: &str) -> O
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_a_gateway_and_evaluates_the_rules_needs_prometheus() {
     let Some(prometheus) = installed("prometheus") else {
-        crate::missing("prometheus", "prometheus is not on PATH (apt-get install prometheus)");
+        crate::missing(
+            "prometheus",
+            "prometheus is not on PATH (apt-get install prometheus)",
+        );
     };
     let backend = RecordingBackend::start().await.unwrap();
     let gateway = start(config_for(&[("lgtm", &backend, Protocol::Grpc)])).await;

@@ -162,7 +162,7 @@ async fn wait_for_rows(
     }
 }
 
-fn free_port() -> std::net::SocketAddr {
+pub fn free_port() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -170,7 +170,7 @@ fn free_port() -> std::net::SocketAddr {
 }
 
 /// `otelgate run` as a child process with the config file `path`; returns once ready.
-async fn run_gateway(path: &Path, admin: std::net::SocketAddr) -> tokio::process::Child {
+pub async fn run_gateway(path: &Path, admin: std::net::SocketAddr) -> tokio::process::Child {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_otelgate"))
         .args(["run", "--config"])
         .arg(path)

@@ -1,11 +1,13 @@
 //! Integration tests: real gateways on 127.0.0.1:0 forwarding to in-process recording
 //! backends, driven by the OpenTelemetry SDK's OTLP exporters, raw gRPC and HTTP clients.
 
+mod chaos;
 mod deploy;
 mod durable;
 mod faults;
 mod forwarding;
 mod inputs;
+mod ledger;
 mod lifecycle;
 mod timescale;
 

@@ -493,15 +493,11 @@ async fn the_ledger_skips_a_replayed_batch() {
     };
     let id = uuid::Uuid::new_v4();
     assert_eq!(
-        copy_batch(&pool, sql, &data, 3, claim(id))
-            .await
-            .unwrap(),
+        copy_batch(&pool, sql, &data, 3, claim(id)).await.unwrap(),
         Written::Committed
     );
     assert_eq!(
-        copy_batch(&pool, sql, &data, 3, claim(id))
-            .await
-            .unwrap(),
+        copy_batch(&pool, sql, &data, 3, claim(id)).await.unwrap(),
         Written::AlreadyCommitted
     );
     let other = uuid::Uuid::new_v4();

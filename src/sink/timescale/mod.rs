@@ -17,7 +17,7 @@ pub use config::{LlmPrice, TimescaleSinkConfig};
 pub use copy::{Batch, Cell, RowWriter, Rows};
 pub use error::TimescaleSinkError;
 pub use extract::{Extractor, RowBatch};
+pub use ledger::{Committed, LedgerKey, LedgerRange, RowKey};
 pub use mapping::{mapping_columns, ColumnType, Mapping, MappingConfig, RecordKind};
 pub use schema::{migrate, SchemaInfo};
-pub use ledger::{Committed, LedgerKey, LedgerRange, RowKey};
 pub use sink::{ledger_keys, LogLedger, SinkReport, TimescaleSink};

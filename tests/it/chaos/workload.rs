@@ -67,16 +67,19 @@ const CLASSES: [&str; 4] = ["person", "car", "bicycle", "dog"];
 /// Builds one client's requests; ids are unique per (run, client).
 pub struct Client {
     pub index: usize,
+    round: u16,
     run: String,
     next: u64,
     rng: SmallRng,
 }
 
 impl Client {
-    pub fn new(run: &str, index: usize, rng: SmallRng) -> Self {
+    /// Client `index` of round `round`; `run` starts every id it makes.
+    pub fn new(run: &str, round: usize, index: usize, rng: SmallRng) -> Self {
         Client {
             index,
-            run: run.to_owned(),
+            round: round as u16,
+            run: format!("{run}{round}"),
             next: 0,
             rng,
         }
@@ -84,14 +87,18 @@ impl Client {
 
     fn id(&mut self) -> (String, u64) {
         self.next += 1;
-        (format!("{}-c{}-{}", self.run, self.index, self.next), self.next)
+        (
+            format!("{}-c{}-{}", self.run, self.index, self.next),
+            self.next,
+        )
     }
 
-    /// A span id no other item of the run has: the client and its counter.
+    /// A span id no other item of the run has: the round, the client and its counter.
     fn span_id(&self, n: u64) -> Vec<u8> {
         let mut id = [0u8; 8];
-        id[..2].copy_from_slice(&(self.index as u16).to_be_bytes());
-        id[2..].copy_from_slice(&n.to_be_bytes()[2..]);
+        id[..2].copy_from_slice(&self.round.to_be_bytes());
+        id[2] = self.index as u8;
+        id[3..].copy_from_slice(&n.to_be_bytes()[3..]);
         id.to_vec()
     }
 
@@ -153,9 +160,7 @@ impl Client {
                     attributes,
                     dropped_attributes_count: 0,
                 });
-                expected
-                    .detections
-                    .insert((frame_id.clone(), track), class);
+                expected.detections.insert((frame_id.clone(), track), class);
             }
             expected.frames.insert(
                 frame_id.clone(),
@@ -285,9 +290,7 @@ impl Client {
                     kv_str("frame.id", frame_id.clone()),
                 ]);
                 expected.items.insert(id);
-                expected
-                    .detections
-                    .insert((frame_id.clone(), track), class);
+                expected.detections.insert((frame_id.clone(), track), class);
                 records.push(record("detection", attributes));
             }
         }
