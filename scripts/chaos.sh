@@ -24,6 +24,6 @@ case "${gateways}" in
     *) echo "--gateways is 1 or 3" >&2; exit 2 ;;
 esac
 
-export OTELGATE_CHAOS_ROUNDS=${rounds} OTELGATE_CHAOS_SEED=${seed}
+export CHAOS_ROUNDS=${rounds} CHAOS_SEED=${seed}
 cargo nextest run --release --cargo-quiet --no-capture --test it -E "test(=${test})" 2>&1 \
     | grep -vE '^\s+[0-9]+: |^\s+at |^note: |Nextest run ID'

@@ -14,7 +14,7 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
 # Tests that need an external program end in `_needs_<program>` and fail when it is missing.
-# OTELGATE_TEST_ALLOW_MISSING (comma-separated: timescaledb, pgbouncer, prometheus, or all)
+# TEST_ALLOW_MISSING (comma-separated: timescaledb, pgbouncer, prometheus, or all)
 # allows a gap instead: the tests of a missing program it names are left out, and nextest's
 # summary counts them as skipped.
 pg_bin="${PG_BIN_DIR:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}"
@@ -25,15 +25,15 @@ present() {
         prometheus) command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 ;;
     esac
 }
-allowed=",${OTELGATE_TEST_ALLOW_MISSING:-},"
+allowed=",${TEST_ALLOW_MISSING:-},"
 filter="all()"
 for program in timescaledb pgbouncer prometheus; do
     present "${program}" && continue
     if [[ "${allowed}" == *",${program},"* || "${allowed}" == *",all,"* ]]; then
-        echo "test: ${program} is missing; its tests (*_needs_${program}) are skipped, as OTELGATE_TEST_ALLOW_MISSING allows"
+        echo "test: ${program} is missing; its tests (*_needs_${program}) are skipped, as TEST_ALLOW_MISSING allows"
         filter="${filter} - test(/_needs_${program}\$/)"
     else
-        echo "test: ${program} is missing; its tests (*_needs_${program}) will fail (./scripts/setup.sh installs it, or set OTELGATE_TEST_ALLOW_MISSING=${program})"
+        echo "test: ${program} is missing; its tests (*_needs_${program}) will fail (./scripts/setup.sh installs it, or set TEST_ALLOW_MISSING=${program})"
     fi
 done
 

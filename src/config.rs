@@ -5,7 +5,9 @@
 //! Precedence, lowest to highest (see [`Config::load`]):
 //! 1. the documented defaults,
 //! 2. the TOML file,
-//! 3. environment variables `OTELGATE_<SECTION>__<KEY>` (path segments joined by `__`),
+//! 3. environment variables `OTELGATE_<SECTION>__<KEY>` (path segments joined by `__`; a
+//!    variable without `__`, such as Kubernetes' service links `OTELGATE_SERVICE_HOST`, is
+//!    not an override and is ignored),
 //!
 //! Then `${VAR}` references in any string value are replaced by the variable's value.
 
@@ -113,8 +115,14 @@ impl Config {
             if var == ENV_CONFIG_FILE {
                 continue;
             }
+            // Every top-level key is a section, so an override names at least two segments.
+            // Variables without a separator are not overrides: Kubernetes sets
+            // `OTELGATE_SERVICE_HOST`, `OTELGATE_PORT`, ... in every pod of a namespace with a
+            // Service named `otelgate`, and those must not stop the gateway from starting.
             if let Some(path) = var.strip_prefix(ENV_PREFIX) {
-                apply_env_override(&mut table, var, path, value)?;
+                if path.contains(ENV_PATH_SEPARATOR) {
+                    apply_env_override(&mut table, var, path, value)?;
+                }
             }
         }
         let mut value = toml::Value::Table(table);
@@ -385,6 +393,23 @@ mod tests {
         assert_eq!(config.exporters["lgtm"].signals, vec![crate::Signal::Logs]);
         assert_eq!(config.exporters["extra"].endpoint, "http://127.0.0.1:5317");
         assert_eq!(config.telemetry.admin_endpoint, "localhost:9000");
+    }
+
+    #[test]
+    fn kubernetes_service_link_variables_are_not_overrides() {
+        let config = load(
+            MINIMAL,
+            &[
+                ("OTELGATE_SERVICE_HOST", "10.0.0.7"),
+                ("OTELGATE_PORT", "tcp://10.0.0.7:4317"),
+                ("OTELGATE_PORT_4317_TCP_ADDR", "10.0.0.7"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            config.receiver.grpc_endpoint,
+            Config::default().receiver.grpc_endpoint
+        );
     }
 
     #[test]

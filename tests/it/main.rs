@@ -145,7 +145,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// `timescaledb`, `pgbouncer`, `prometheus`, or `all`). A test that needs a missing program
 /// fails; its name ends in `_needs_<program>`, and when the program is allowed to be missing
 /// `scripts/test.sh` leaves those tests out, so the runner's summary counts them as skipped.
-pub const ALLOW_MISSING_ENV: &str = "OTELGATE_TEST_ALLOW_MISSING";
+pub const ALLOW_MISSING_ENV: &str = "TEST_ALLOW_MISSING";
 
 /// Fails the calling test because `program` is missing, saying how to install it.
 #[track_caller]

@@ -434,12 +434,12 @@ struct Settings {
 }
 
 impl Settings {
-    /// `OTELGATE_CHAOS_SEED` and `OTELGATE_CHAOS_ROUNDS` override the defaults.
+    /// `CHAOS_SEED` and `CHAOS_ROUNDS` override the defaults.
     fn from_env(gateways: usize, rounds: usize, seed: u64) -> Self {
         let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
         Settings {
-            seed: var("OTELGATE_CHAOS_SEED").unwrap_or(seed),
-            rounds: var("OTELGATE_CHAOS_ROUNDS")
+            seed: var("CHAOS_SEED").unwrap_or(seed),
+            rounds: var("CHAOS_ROUNDS")
                 .map(|r: u64| r as usize)
                 .unwrap_or(rounds),
             gateways,
