@@ -2309,7 +2309,7 @@ async fn check_sql_against(pg: &TempPostgres, label: &str) {
 /// Every dashboard and exporter query, TimescaleDB-only ones included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_exporter_sql_runs_against_the_migrated_schema_needs_timescaledb() {
-    let pg = crate::postgres_with_timescaledb();
+    let pg = crate::postgres_with_timescaledb(false);
     check_sql_against(&pg, "timescaledb").await;
 }
 

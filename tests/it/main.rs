@@ -157,9 +157,11 @@ pub fn missing(program: &str, install: &str) -> ! {
     )
 }
 
-/// A throwaway PostgreSQL with TimescaleDB, or the test fails.
-pub fn postgres_with_timescaledb() -> otelgate::demo::postgres::TempPostgres {
-    let pg = otelgate::demo::postgres::TempPostgres::start(false).unwrap();
+/// A throwaway PostgreSQL with TimescaleDB, or the test fails. `durable` keeps fsync and
+/// synchronous commits on: a test that crashes the server needs it, or commits it
+/// acknowledged are lost in the crash.
+pub fn postgres_with_timescaledb(durable: bool) -> otelgate::demo::postgres::TempPostgres {
+    let pg = otelgate::demo::postgres::TempPostgres::start(durable).unwrap();
     if !pg.timescaledb() {
         missing(
             "timescaledb",

@@ -760,7 +760,7 @@ async fn plain_postgresql_gets_plain_tables_and_views_with_a_warning() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hypertables_compression_aggregates_and_retention_needs_timescaledb() {
-    let pg = crate::postgres_with_timescaledb();
+    let pg = crate::postgres_with_timescaledb(false);
     let gateway = gateway_with_sink(sink_config(&pg.url())).await;
     let db = connect(&pg.url()).await;
     let hypertables: Vec<String> = db

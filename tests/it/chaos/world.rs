@@ -209,7 +209,8 @@ pub struct World {
 
 impl World {
     pub async fn start(gateways: usize) -> World {
-        let pg = Arc::new(crate::postgres_with_timescaledb());
+        // Durable: the harness crashes the server, and must not lose commits it acknowledged.
+        let pg = Arc::new(crate::postgres_with_timescaledb(true));
         let backends = [
             RecordingBackend::start().await.unwrap(),
             RecordingBackend::start().await.unwrap(),
