@@ -1,7 +1,8 @@
-//! The admin endpoint: `/metrics` (Prometheus text), `/healthz` (the process serves) and
-//! `/readyz` (the gateway accepts data; JSON details of every destination queue and the
-//! memory budget, the durable log and the database; 503 while starting, shutting down, or
-//! when the durable log cannot be written).
+//! The admin endpoint: `/metrics` (Prometheus text), `/healthz` (the process serves and can
+//! recover by itself: 503 once the durable log has failed for good, which only a restart
+//! clears) and `/readyz` (the gateway accepts data; JSON details of every destination queue
+//! and the memory budget, the durable log and the database; 503 while starting, shutting
+//! down, or when the durable log cannot be written).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,7 +33,7 @@ pub struct AdminState {
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
 }
@@ -44,6 +45,17 @@ async fn metrics() -> Response {
         body,
     )
         .into_response()
+}
+
+async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
+    match state.log.as_ref().and_then(|log| log.failure()) {
+        None => "ok\n".into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the durable log failed ({why}); restart the gateway\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {

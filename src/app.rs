@@ -51,10 +51,26 @@ pub struct Gateway {
     admin_task: JoinHandle<()>,
 }
 
+/// Connections the kernel holds for a listener before the gateway accepts them (bursts of
+/// clients connecting at once; at the connection limit, clients waiting for a slot).
+const LISTEN_BACKLOG: u32 = 1024;
+
 async fn bind(address: &str, key: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address)
+    let context = || format!("cannot listen on {address} ({key})");
+    let addr = tokio::net::lookup_host(address)
         .await
-        .with_context(|| format!("cannot listen on {address} ({key})"))
+        .with_context(context)?
+        .next()
+        .with_context(context)?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .with_context(context)?;
+    socket.set_reuseaddr(true).with_context(context)?;
+    socket.bind(addr).with_context(context)?;
+    socket.listen(LISTEN_BACKLOG).with_context(context)
 }
 
 impl Gateway {
@@ -205,17 +221,26 @@ impl Gateway {
 
         let receivers_stop = CancellationToken::new();
         let mut receivers = JoinSet::new();
+        // One set of connection slots for both OTLP listeners.
+        let connections = &config.receiver.connections;
+        let limits = net::ConnectionLimits::new(
+            "otlp",
+            connections.clone(),
+            net::connection_budget(connections.max_connections),
+        );
         receivers.spawn(net::serve(
             grpc_listener,
             tls.clone(),
             receiver::grpc::router(ingest.clone()),
             receivers_stop.clone(),
+            limits.clone(),
         ));
         receivers.spawn(net::serve(
             http_listener,
             tls,
             receiver::http::router(ingest),
             receivers_stop.clone(),
+            limits,
         ));
 
         let admin = Arc::new(AdminState {
@@ -231,6 +256,7 @@ impl Gateway {
             None,
             crate::admin::router(admin.clone()),
             admin_stop.clone(),
+            net::ConnectionLimits::new("admin", net::ConnectionConfig::admin(), 64),
         ));
         admin.ready.store(true, Ordering::Relaxed);
         tracing::info!(

@@ -22,6 +22,11 @@ pub const RECEIVER_REFUSED_REQUESTS: &str = "otelgate_receiver_refused_requests_
 pub const RECEIVER_REFUSED_ITEMS: &str = "otelgate_receiver_refused_items_total";
 /// Decompressed request body size in bytes. Labels: signal, transport.
 pub const RECEIVER_REQUEST_BYTES: &str = "otelgate_receiver_request_bytes";
+/// Gauge: connections open, per server (`otlp`, `admin`).
+pub const RECEIVER_OPEN_CONNECTIONS: &str = "otelgate_receiver_open_connections";
+/// Counter: connections the gateway asked to close or cut, per server and reason (`idle`,
+/// `max_age`, `grace_expired`).
+pub const RECEIVER_CLOSED_CONNECTIONS: &str = "otelgate_receiver_closed_connections_total";
 
 /// Bytes of request data currently held in memory by the pipeline.
 pub const MEMORY_BUDGET_USED_BYTES: &str = "otelgate_memory_budget_used_bytes";
@@ -55,6 +60,7 @@ pub mod reason {
     pub const UNAUTHENTICATED: &str = "unauthenticated";
     pub const INVALID: &str = "invalid";
     pub const TOO_LARGE: &str = "too_large";
+    pub const BODY_TIMEOUT: &str = "body_timeout";
     pub const UNSUPPORTED: &str = "unsupported_media_type";
     pub const NO_DESTINATION: &str = "no_destination";
     pub const MEMORY_BUDGET: &str = "memory_budget";
@@ -349,6 +355,11 @@ fn describe_metrics() {
         LOG_DROPPED_RECORDS,
         "Log records a destination never got, by reason."
     );
+    describe_gauge!(RECEIVER_OPEN_CONNECTIONS, "Client connections open.");
+    describe_counter!(
+        RECEIVER_CLOSED_CONNECTIONS,
+        "Connections asked to close (idle, max_age) or cut after the grace period."
+    );
     describe_counter!(SINK_ROWS, "Rows committed by the TimescaleDB sink.");
     describe_counter!(
         SINK_REJECTED_ROWS,
@@ -430,5 +441,44 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(threads(), 1, "one upkeep thread per process");
+    }
+}
+
+/// A warning that repeats (per connection, per record) logged at most once per interval, with
+/// how many were left out since the last one.
+#[derive(Debug)]
+pub struct RateLimitedWarning {
+    message: &'static str,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedWarning {
+    const INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+    pub fn new(message: &'static str) -> Self {
+        RateLimitedWarning {
+            message,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(left out since the last one)` when this occurrence should be logged.
+    pub fn due(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|last| now - last < Self::INTERVAL) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+
+    /// Logs `error` with the message, unless one was logged less than an interval ago.
+    pub fn warn(&mut self, error: &dyn std::fmt::Display) {
+        if let Some(suppressed) = self.due() {
+            tracing::warn!(%error, similar_since_last_warning = suppressed, "{}", self.message);
+        }
     }
 }

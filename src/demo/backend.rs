@@ -153,6 +153,11 @@ impl RecordingBackend {
             None,
             router.with_state(recorder.clone()),
             stop.clone(),
+            crate::net::ConnectionLimits::new(
+                "backend",
+                crate::net::ConnectionConfig::default(),
+                4096,
+            ),
         ));
         Ok(RecordingBackend {
             addr,

@@ -99,6 +99,7 @@ pub fn to_status(error: &IngestError) -> Status {
     let code = match error {
         IngestError::Unauthenticated => Code::Unauthenticated,
         IngestError::Invalid(_) => Code::InvalidArgument,
+        IngestError::BodyTimeout { .. } => Code::DeadlineExceeded,
         IngestError::TooLarge { .. }
         | IngestError::Throttled { .. }
         | IngestError::LogBackpressure { .. } => Code::ResourceExhausted,

@@ -85,9 +85,12 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, IngestError> {
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
             Err(IngestError::TooLarge { limit })
         }
-        Err(error) => Err(IngestError::Invalid(format!(
-            "cannot read request body: {error}"
-        ))),
+        Err(error) => match crate::net::body_read_timeout(&*error) {
+            Some(limit) => Err(IngestError::BodyTimeout { limit }),
+            None => Err(IngestError::Invalid(format!(
+                "cannot read request body: {error}"
+            ))),
+        },
     }
 }
 
@@ -104,6 +107,7 @@ fn failure(format: BodyFormat, error: &IngestError) -> Response {
         IngestError::Unauthenticated => StatusCode::UNAUTHORIZED,
         IngestError::Invalid(_) => StatusCode::BAD_REQUEST,
         IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        IngestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         IngestError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         IngestError::NoDestination(_) => StatusCode::NOT_FOUND,
         IngestError::Throttled { .. } | IngestError::LogBackpressure { .. } => {

@@ -52,6 +52,9 @@ pub struct ReceiverConfig {
     /// TLS for both listeners; cleartext when absent.
     #[serde(default)]
     pub tls: Option<ServerTlsConfig>,
+    /// Connection limits and timeouts of both listeners.
+    #[serde(default)]
+    pub connections: crate::net::ConnectionConfig,
 }
 
 impl Default for ReceiverConfig {
@@ -62,6 +65,7 @@ impl Default for ReceiverConfig {
             max_request_bytes: default_max_request_bytes(),
             auth: None,
             tls: None,
+            connections: crate::net::ConnectionConfig::default(),
         }
     }
 }
@@ -91,6 +95,7 @@ impl ReceiverConfig {
         ] {
             crate::config::validate_listen_address(key, value)?;
         }
+        self.connections.validate()?;
         if self.max_request_bytes == 0 {
             return Err(ConfigError::invalid(
                 "receiver.max_request_bytes",
@@ -145,6 +150,8 @@ pub enum IngestError {
     Invalid(String),
     #[error("request exceeds the limit of {limit} bytes (receiver.max_request_bytes) after decompression")]
     TooLarge { limit: usize },
+    #[error("the request body did not arrive within {limit:?} (receiver.connections.body_read_timeout_ms)")]
+    BodyTimeout { limit: Duration },
     #[error("{0}")]
     Unsupported(String),
     #[error("memory budget of {limit} bytes is in use; retry after {retry_after:?}")]
@@ -179,6 +186,7 @@ impl IngestError {
             IngestError::Unauthenticated => reason::UNAUTHENTICATED,
             IngestError::Invalid(_) => reason::INVALID,
             IngestError::TooLarge { .. } => reason::TOO_LARGE,
+            IngestError::BodyTimeout { .. } => reason::BODY_TIMEOUT,
             IngestError::Unsupported(_) => reason::UNSUPPORTED,
             IngestError::NoDestination(_) => reason::NO_DESTINATION,
             IngestError::Throttled { .. } => reason::MEMORY_BUDGET,

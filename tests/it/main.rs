@@ -6,6 +6,7 @@ mod deploy;
 mod durable;
 mod faults;
 mod forwarding;
+mod hostile;
 mod inputs;
 mod ledger;
 mod lifecycle;

@@ -523,6 +523,9 @@ impl Log {
             head: head_tx,
             free: writer::FreeSpace::default(),
             failed: None,
+            segment_errors: crate::telemetry::RateLimitedWarning::new(
+                "Cannot start a new log segment; refusing requests until it can.",
+            ),
         };
         let writer = std::thread::Builder::new()
             .name("otelgate-log".into())
@@ -829,6 +832,11 @@ impl Log {
     }
 
     /// Whether the log still accepts appends (false after a write or sync failure).
+    /// Why the log refuses everything until the gateway restarts (a write or sync failed).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failed.lock().expect("failed lock").clone()
+    }
+
     pub fn healthy(&self) -> bool {
         self.shared.failed.lock().expect("failed lock").is_none()
     }

@@ -55,6 +55,8 @@ pub(super) struct Writer {
     pub(super) free: FreeSpace,
     /// Set after a write or sync failed: the log refuses everything until restarted.
     pub(super) failed: Option<String>,
+    /// Failures to start a segment, which are not fatal, logged at most every 10 s.
+    pub(super) segment_errors: crate::telemetry::RateLimitedWarning,
 }
 
 /// Most request bytes written in one group.
@@ -177,8 +179,13 @@ impl Writer {
                     state.bytes += meta.len;
                     state.segments.push_back(meta);
                 }
+                // Nothing was written: refuse this request and try again with the next one
+                // (out of file descriptors or disk space is usually temporary).
                 Err(error) => {
-                    return Err(self.fail(format!("cannot start a new segment: {error}")));
+                    self.segment_errors.warn(&error);
+                    return Err(AppendError::Io(format!(
+                        "cannot start a new log segment: {error}"
+                    )));
                 }
             }
         }

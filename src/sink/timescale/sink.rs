@@ -235,7 +235,8 @@ impl TimescaleSink {
         let mut scratch = self.extractor.batch();
         let mut prune = tokio::time::interval(Duration::from_secs(600));
         let mut requests_undelivered = 0;
-        let mut rejection_log = RateLimitedLog::default();
+        let mut rejection_log =
+            telemetry::RateLimitedWarning::new("Record rejected; kept in otelgate_rejected_rows.");
         loop {
             let next_deadline = pending.iter().filter_map(|p| p.deadline).min();
             tokio::select! {
@@ -275,7 +276,9 @@ impl TimescaleSink {
                         let mut rejected = Rows::default();
                         for record in scratch.rejected.drain(..) {
                             metrics::counter!(telemetry::SINK_REJECTED_ROWS, "table" => record.table.clone(), "reason" => "conversion").increment(1);
-                            rejection_log.note(&record.table, &record.reason);
+                            if let Some(suppressed) = rejection_log.due() {
+                                tracing::warn!(table = %record.table, reason = %record.reason, similar_since_last_warning = suppressed, "Record rejected; kept in otelgate_rejected_rows.");
+                            }
                             rejected.push(&[
                                 Cell::Timestamp(now_nanos()),
                                 Cell::Text(record.table),
@@ -468,33 +471,6 @@ impl TimescaleSink {
             drop(slot.payloads);
             drop(permit);
         });
-    }
-}
-
-/// Logs conversion rejections at most once per interval, with how many were not logged.
-#[derive(Default)]
-struct RateLimitedLog {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimitedLog {
-    const INTERVAL: Duration = Duration::from_secs(10);
-
-    fn note(&mut self, table: &str, reason: &str) {
-        let now = Instant::now();
-        if self.last.is_some_and(|last| now - last < Self::INTERVAL) {
-            self.suppressed += 1;
-            return;
-        }
-        tracing::warn!(
-            table,
-            reason,
-            similar_since_last_warning = self.suppressed,
-            "Record rejected; kept in otelgate_rejected_rows."
-        );
-        self.last = Some(now);
-        self.suppressed = 0;
     }
 }
 
