@@ -22,6 +22,8 @@ pub const RECEIVER_REFUSED_REQUESTS: &str = "otelgate_receiver_refused_requests_
 pub const RECEIVER_REFUSED_ITEMS: &str = "otelgate_receiver_refused_items_total";
 /// Decompressed request body size in bytes. Labels: signal, transport.
 pub const RECEIVER_REQUEST_BYTES: &str = "otelgate_receiver_request_bytes";
+/// Counter: libraries' warning lines left out of the log, per target.
+pub const LOG_SUPPRESSED_LINES: &str = "otelgate_log_suppressed_lines_total";
 /// Gauge: connections open, per server (`otlp`, `admin`).
 pub const RECEIVER_OPEN_CONNECTIONS: &str = "otelgate_receiver_open_connections";
 /// Counter: connections the gateway asked to close or cut, per server and reason (`idle`,
@@ -163,15 +165,65 @@ pub enum LogFormat {
 
 /// Installs the global `tracing` subscriber. Later calls are no-ops (tests start many gateways).
 pub fn init_logging(config: &TelemetryConfig) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(LibraryWarningLimit::default());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let _ = match config.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => registry.with(fmt).try_init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
     };
+}
+
+/// Keeps libraries' per-connection warnings from flooding the log. h2 warns once for every
+/// connection that resets streams too fast (an HTTP/2 rapid-reset attack): thousands of
+/// lines a second. Warnings and errors of targets outside otelgate are logged at most
+/// [`Self::PER_WINDOW`] times per call site per [`Self::WINDOW`]; the rest are counted in
+/// `otelgate_log_suppressed_lines_total`. otelgate's own warnings are rate-limited where they
+/// are raised ([`RateLimitedWarning`]).
+#[derive(Default)]
+struct LibraryWarningLimit {
+    seen: std::sync::Mutex<
+        std::collections::HashMap<tracing::callsite::Identifier, (std::time::Instant, u32)>,
+    >,
+}
+
+impl LibraryWarningLimit {
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+    const PER_WINDOW: u32 = 10;
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LibraryWarningLimit {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        let meta = event.metadata();
+        // Levels compare by verbosity: INFO and below pass untouched.
+        if *meta.level() > tracing::Level::WARN || meta.target().starts_with("otelgate") {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        let allowed = {
+            let mut seen = self.seen.lock().expect("not poisoned");
+            let (start, count) = seen.entry(meta.callsite()).or_insert((now, 0));
+            if now - *start >= Self::WINDOW {
+                (*start, *count) = (now, 0);
+            }
+            *count += 1;
+            *count <= Self::PER_WINDOW
+        };
+        if !allowed {
+            metrics::counter!(LOG_SUPPRESSED_LINES, "target" => meta.target().to_owned())
+                .increment(1);
+        }
+        allowed
+    }
 }
 
 /// The process-wide Prometheus recorder, installed on first use. Every gateway in a process
@@ -357,6 +409,10 @@ fn describe_metrics() {
     );
     describe_gauge!(RECEIVER_OPEN_CONNECTIONS, "Client connections open.");
     describe_counter!(
+        LOG_SUPPRESSED_LINES,
+        "Libraries' warning lines left out of the log (at most 10 per call site per 10 s)."
+    );
+    describe_counter!(
         RECEIVER_CLOSED_CONNECTIONS,
         "Connections asked to close (idle, max_age) or cut after the grace period."
     );
@@ -420,6 +476,36 @@ pub const SINK_RECEIVE_TO_COMMIT_SECONDS: &str = "otelgate_sink_receive_to_commi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts the events that reach it.
+    #[derive(Clone, Default)]
+    struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+        fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn library_warnings_are_rate_limited_per_call_site_and_ours_are_not() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let count = Count::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(LibraryWarningLimit::default())
+            .with(count.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..50 {
+                tracing::warn!(target: "h2::proto", "remotely-reset streams reached limit");
+                tracing::error!(target: "hyper::server", "connection error");
+                tracing::info!(target: "h2::proto", "an info line");
+                tracing::warn!("otelgate's own warning");
+            }
+        });
+        let seen = count.0.load(std::sync::atomic::Ordering::Relaxed);
+        // 10 of each library call site, every info line, every line of ours.
+        assert_eq!(seen, 10 + 10 + 50 + 50);
+    }
 
     /// Histogram samples are only bounded if the upkeep thread runs: without it, a gateway
     /// nobody scrapes grows by every sample it records.
