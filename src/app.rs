@@ -231,14 +231,14 @@ impl Gateway {
         receivers.spawn(net::serve(
             grpc_listener,
             tls.clone(),
-            receiver::grpc::router(ingest.clone()),
+            ingest.limit_bodies(receiver::grpc::router(ingest.clone())),
             receivers_stop.clone(),
             limits.clone(),
         ));
         receivers.spawn(net::serve(
             http_listener,
             tls,
-            receiver::http::router(ingest),
+            ingest.limit_bodies(receiver::http::router(ingest.clone())),
             receivers_stop.clone(),
             limits,
         ));

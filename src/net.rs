@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -72,6 +71,9 @@ pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, Tl
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
+
+/// The most an HTTP/1.1 connection reads ahead of its request handler.
+const HTTP1_READ_BUFFER: usize = 64 * 1024;
 
 /// A TLS handshake that takes longer than this is abandoned.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -236,15 +238,14 @@ pub async fn serve(
     limits: ConnectionLimits,
 ) {
     let config = limits.config.clone();
-    let router = match config.body_read_timeout_ms {
-        0 => router,
-        ms => with_body_deadline(router, Duration::from_millis(ms)),
-    };
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms));
+        .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
+        // Read-ahead per connection (hyper's default is ~400 KiB): bodies are charged to the
+        // memory budget as they are read, this buffer is not.
+        .max_buf_size(HTTP1_READ_BUFFER);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let tasks = TaskTracker::new();
@@ -483,69 +484,5 @@ impl AsyncWrite for ActivityIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// The request body did not arrive within `receiver.connections.body_read_timeout_ms`.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive within {0:?}")]
-pub struct BodyReadTimeout(pub Duration);
-
-/// Whether `error` (or one of its sources) is a [`BodyReadTimeout`].
-pub fn body_read_timeout(error: &(dyn std::error::Error + 'static)) -> Option<Duration> {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if let Some(timeout) = error.downcast_ref::<BodyReadTimeout>() {
-            return Some(timeout.0);
-        }
-        next = error.source();
-    }
-    None
-}
-
-/// Gives every request body a deadline: frames after it are an error.
-fn with_body_deadline(router: Router, limit: Duration) -> Router {
-    router.layer(axum::middleware::map_request(
-        move |request: axum::extract::Request| async move {
-            request.map(|body| {
-                axum::body::Body::new(DeadlineBody {
-                    inner: body,
-                    deadline: Box::pin(tokio::time::sleep(limit)),
-                    limit,
-                })
-            })
-        },
-    ))
-}
-
-struct DeadlineBody {
-    inner: axum::body::Body,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-    limit: Duration,
-}
-
-impl http_body::Body for DeadlineBody {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            return Poll::Ready(frame);
-        }
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err(axum::Error::new(BodyReadTimeout(self.limit)))));
-        }
-        Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -64,6 +64,18 @@ impl MemoryBudget {
     }
 }
 
+impl BudgetPermit {
+    /// Takes `other`'s share into this one (both from the same budget).
+    pub fn merge(&mut self, mut other: BudgetPermit) {
+        self.bytes += std::mem::take(&mut other.bytes);
+        match (&mut self._permit, other._permit.take()) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (mine @ None, theirs) => *mine = theirs,
+            (Some(_), None) => {}
+        }
+    }
+}
+
 impl Drop for BudgetPermit {
     fn drop(&mut self) {
         metrics::gauge!(telemetry::MEMORY_BUDGET_USED_BYTES).decrement(self.bytes as f64);
@@ -84,5 +96,16 @@ mod tests {
         assert_eq!(budget.used(), 0);
         assert!(budget.try_admit(100).is_some());
         assert!(budget.try_admit(101).is_none());
+    }
+
+    #[test]
+    fn merged_permits_return_everything_once() {
+        let budget = MemoryBudget::new(100);
+        let mut a = budget.try_admit(0).expect("fits");
+        a.merge(budget.try_admit(30).expect("fits"));
+        a.merge(budget.try_admit(20).expect("fits"));
+        assert_eq!(budget.used(), 50);
+        drop(a);
+        assert_eq!(budget.used(), 0);
     }
 }

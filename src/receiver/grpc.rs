@@ -78,8 +78,19 @@ async fn export(ingest: Arc<Ingest>, signal: Signal, request: Request) -> Respon
         // (OUT_OF_RANGE would make clients retry a request that can never fit).
         if let Some(status) = Status::from_header_map(response.headers()) {
             let error = match status.code() {
+                // Charged to the memory budget while it arrived (see body.rs): throttling,
+                // told apart from an over-size message by its RetryInfo.
+                Code::ResourceExhausted if status.get_error_details().retry_info().is_some() => {
+                    IngestError::Throttled {
+                        limit: ingest.budget_limit(),
+                        retry_after: ingest.retry_after(),
+                    }
+                }
                 Code::ResourceExhausted | Code::OutOfRange => IngestError::TooLarge {
                     limit: ingest.max_request_bytes(),
+                },
+                Code::DeadlineExceeded => IngestError::BodyTimeout {
+                    limit: ingest.body_read_timeout(),
                 },
                 Code::Unimplemented => IngestError::Unsupported(status.message().to_owned()),
                 _ => {

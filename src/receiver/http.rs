@@ -15,6 +15,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use prost::Message;
 
+use super::body::BodyLimitError;
 use super::{record_refusal, BodyFormat, Ingest, IngestError, Transport};
 use crate::Signal;
 
@@ -85,8 +86,16 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, IngestError> {
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
             Err(IngestError::TooLarge { limit })
         }
-        Err(error) => match crate::net::body_read_timeout(&*error) {
-            Some(limit) => Err(IngestError::BodyTimeout { limit }),
+        Err(error) => match super::body::BodyLimitError::find(&*error) {
+            Some(BodyLimitError::Timeout { limit, .. }) => {
+                Err(IngestError::BodyTimeout { limit: *limit })
+            }
+            Some(BodyLimitError::OverBudget {
+                limit, retry_after, ..
+            }) => Err(IngestError::Throttled {
+                limit: *limit,
+                retry_after: *retry_after,
+            }),
             None => Err(IngestError::Invalid(format!(
                 "cannot read request body: {error}"
             ))),

@@ -3,6 +3,7 @@
 //! and validation, admission against the memory budget and hand-off to the fan-out. A request
 //! is acknowledged once it sits in every destination queue that takes it.
 
+pub mod body;
 pub mod grpc;
 pub mod http;
 
@@ -218,6 +219,8 @@ pub struct Ingest {
     tokens: Vec<Vec<u8>>,
     max_request_bytes: usize,
     retry_after: Duration,
+    /// `receiver.connections.body_read_timeout_ms`; zero for none.
+    body_read_timeout: Duration,
 }
 
 impl Ingest {
@@ -243,11 +246,31 @@ impl Ingest {
             tokens,
             max_request_bytes: config.max_request_bytes,
             retry_after,
+            body_read_timeout: Duration::from_millis(config.connections.body_read_timeout_ms),
         })
     }
 
     pub fn max_request_bytes(&self) -> usize {
         self.max_request_bytes
+    }
+
+    pub fn budget_limit(&self) -> u64 {
+        self.budget.limit()
+    }
+
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        self.body_read_timeout
+    }
+
+    /// Wraps the request bodies of a receiver's `router` in the limits of [`body`]: the body
+    /// deadline and the memory budget.
+    pub fn limit_bodies(&self, router: axum::Router) -> axum::Router {
+        let deadline = (!self.body_read_timeout.is_zero()).then_some(self.body_read_timeout);
+        body::limit_bodies(router, deadline, self.budget.clone(), self.retry_after)
     }
 
     /// Checks an `Authorization` header value against the configured tokens.

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use otelgate::Signal;
@@ -409,4 +410,100 @@ async fn run_gateway_with(
         assert!(tokio::time::Instant::now() < deadline, "never ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Peak resident memory (VmHWM) of process `pid`, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/<pid>/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// 100 clients each send 4 MiB minus one byte of a 4 MiB body and stall (400 MiB offered):
+/// bodies are charged to the 32 MiB memory budget as they arrive, so the gateway's peak RSS
+/// grows by the budget plus a fixed overhead, not by what the clients send; a normal client
+/// is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_bodies_stay_within_the_memory_budget() {
+    const BUDGET: u64 = 32 << 20;
+    const OVERHEAD: u64 = 96 << 20;
+    let backend = otelgate::demo::backend::RecordingBackend::start()
+        .await
+        .unwrap();
+    let dir = log_dir();
+    let (grpc, http, admin) = (free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+[receiver]
+grpc_endpoint = "{grpc}"
+http_endpoint = "{http}"
+max_request_bytes = 4194304
+[pipeline]
+memory_budget_bytes = {BUDGET}
+[telemetry]
+admin_endpoint = "{admin}"
+[log]
+dir = "{log}"
+[exporters.b]
+endpoint = "{endpoint}"
+protocol = "grpc"
+"#,
+        log = dir.join("log").display(),
+        endpoint = backend.endpoint(),
+    );
+    let path = dir.join("otelgate.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = run_gateway_with(Path::new(env!("CARGO_BIN_EXE_otelgate")), &path, admin).await;
+    let pid = child.id().unwrap();
+    let before = peak_rss(pid);
+    let senders: Vec<_> = (0..100)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(http).unwrap();
+                stream
+                    .set_write_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
+                let head = format!(
+                    "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+                    4 << 20
+                );
+                let _ = stream.write_all(head.as_bytes());
+                // Refused bodies end with an answer and a closed connection: the write fails.
+                let _ = stream.write_all(&vec![0x0a; (4 << 20) - 1]);
+                stream
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    http_post_works(http).await;
+    let normal = started.elapsed();
+    let held: Vec<TcpStream> = tokio::task::spawn_blocking(move || {
+        senders.into_iter().map(|s| s.join().unwrap()).collect()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let peak = peak_rss(pid);
+    println!(
+        "peak RSS {} MiB -> {} MiB (+{} MiB) with a {} MiB budget; a normal client took {normal:?}",
+        before >> 20,
+        peak >> 20,
+        (peak - before) >> 20,
+        BUDGET >> 20
+    );
+    assert!(
+        peak - before < BUDGET + OVERHEAD,
+        "RSS grew by {} MiB",
+        (peak - before) >> 20
+    );
+    drop(held);
+    drop(child);
 }

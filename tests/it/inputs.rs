@@ -359,13 +359,15 @@ async fn a_full_memory_budget_answers_with_the_otlp_throttling_responses() {
     )
     .await;
     assert_eq!(used, body.len() as f64);
-    let refused_items = metric(
+    // The budget is charged while a body arrives, so both were refused before they were
+    // complete: counted as requests (their items were never read).
+    let refused = metric(
         gateway.admin_addr(),
-        "otelgate_receiver_refused_items_total",
+        "otelgate_receiver_refused_requests_total",
         &[("reason", "memory_budget")],
     )
     .await;
-    assert_eq!(refused_items, 60.0);
+    assert_eq!(refused, 2.0);
 
     // Once the backend answers, the budget is given back and requests are accepted again.
     backend.set_hanging(false);
