@@ -491,10 +491,19 @@ impl RateLimitedLog {
             table,
             reason,
             similar_since_last_warning = self.suppressed,
-            "Record rejected; kept in otelgate_rejected_rows."
+            "Record rejected; queued for otelgate_rejected_rows."
         );
         self.last = Some(now);
         self.suppressed = 0;
+    }
+}
+
+/// The `reason` label of rows given up after `failure`.
+fn given_up_reason(failure: Failure) -> &'static str {
+    if failure == Failure::Transient {
+        reason::RETRIES_EXHAUSTED
+    } else {
+        "permanent"
     }
 }
 
@@ -632,8 +641,6 @@ impl Writer {
                     stack.push((left, keys));
                 }
                 Err((Failure::BadData, message)) => {
-                    metrics::counter!(telemetry::SINK_REJECTED_ROWS, "table" => target.table.clone(), "reason" => "database").increment(1);
-                    tracing::warn!(table = %target.table, error = %message, "PostgreSQL refused a row; kept in otelgate_rejected_rows.");
                     let record = match rows.decode_row(0, &target.types) {
                         Some(cells) => cells.iter().map(Cell::to_json).collect(),
                         None => serde_json::Value::Null,
@@ -643,7 +650,7 @@ impl Writer {
                     rejected.push(&[
                         Cell::Timestamp(now_nanos()),
                         Cell::Text(target.table.clone()),
-                        Cell::Text(message),
+                        Cell::Text(message.clone()),
                         Cell::json(&serde_json::json!({ "row": record })),
                     ]);
                     match self
@@ -652,18 +659,19 @@ impl Writer {
                     {
                         Ok(()) => {
                             self.tally.rejected.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!(telemetry::SINK_REJECTED_ROWS, "table" => target.table.clone(), "reason" => "database").increment(1);
+                            tracing::warn!(table = %target.table, error = %message, "PostgreSQL refused a row; kept in otelgate_rejected_rows.");
                         }
-                        Err((_, message)) => {
-                            tracing::error!(error = %message, "Cannot keep a rejected row in otelgate_rejected_rows.");
+                        Err((failure, kept)) => {
+                            let why = given_up_reason(failure);
+                            self.tally.failed.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!(telemetry::SINK_FAILED_ROWS, "table" => target.table.clone(), "reason" => why).increment(1);
+                            tracing::error!(table = %target.table, error = %message, rejected_rows_error = %kept, reason = why, "PostgreSQL refused a row, and it cannot be kept in otelgate_rejected_rows either; the row is given up.");
                         }
                     }
                 }
                 Err((failure, message)) => {
-                    let why = if failure == Failure::Transient {
-                        reason::RETRIES_EXHAUSTED
-                    } else {
-                        "permanent"
-                    };
+                    let why = given_up_reason(failure);
                     self.tally.failed.fetch_add(count, Ordering::Relaxed);
                     metrics::counter!(telemetry::SINK_FAILED_ROWS, "table" => target.table.clone(), "reason" => why).increment(count);
                     tracing::error!(table = %target.table, rows = count, reason = why, error = %message, "Batch given up.");
