@@ -265,6 +265,7 @@ impl TimescaleSink {
                     self.extract(&payload, &mut scratch);
                     for (index, rows) in scratch.rows.iter_mut().enumerate() {
                         if !rows.is_empty() {
+                            count_nul_replaced(&self.targets[index].table, rows.take_nul_replaced());
                             self.take_rows(&mut pending[index], index, rows, &payload);
                             rows.clear();
                         }
@@ -283,6 +284,7 @@ impl TimescaleSink {
                                 Cell::json(&record.record),
                             ]);
                         }
+                        count_nul_replaced(REJECTED_TABLE, rejected.take_nul_replaced());
                         let index = self.targets.len() - 1;
                         self.take_rows(&mut pending[index], index, &rejected, &payload);
                     }
@@ -498,6 +500,14 @@ impl RateLimitedLog {
     }
 }
 
+/// Counts U+0000 characters replaced in cells written for `table` (see `copy`).
+fn count_nul_replaced(table: &str, replaced: u64) {
+    if replaced > 0 {
+        metrics::counter!(telemetry::SINK_NUL_REPLACED, "table" => table.to_owned())
+            .increment(replaced);
+    }
+}
+
 /// The `reason` label of rows given up after `failure`.
 fn given_up_reason(failure: Failure) -> &'static str {
     if failure == Failure::Transient {
@@ -653,6 +663,7 @@ impl Writer {
                         Cell::Text(message.clone()),
                         Cell::json(&serde_json::json!({ "row": record })),
                     ]);
+                    count_nul_replaced(REJECTED_TABLE, rejected.take_nul_replaced());
                     match self
                         .write_batch(&self.rejected, target, &rejected.into_batch(), range)
                         .await
