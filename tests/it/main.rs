@@ -9,6 +9,7 @@ mod forwarding;
 mod inputs;
 mod ledger;
 mod lifecycle;
+mod nul;
 mod timescale;
 
 use std::net::SocketAddr;
