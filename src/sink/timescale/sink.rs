@@ -166,14 +166,13 @@ pub struct TimescaleSink {
     log: Option<LogLedger>,
 }
 
-/// Builds the connection pool for `config.url`. Connections are made on first use.
+/// Builds the connection pool for `config.url` and its TLS settings (see `tls`), with the
+/// certificate files read. Connections are made on first use.
 pub fn pool(config: &TimescaleSinkConfig) -> Result<Pool, TimescaleSinkError> {
-    let pg: tokio_postgres::Config = config.url.parse().map_err(|e: tokio_postgres::Error| {
-        TimescaleSinkError::Setup(format!("timescale.url: {e}"))
-    })?;
+    let (pg, tls) = super::tls::connection_config(config)?;
     let manager = Manager::from_config(
         pg,
-        tokio_postgres::NoTls,
+        tls.connector()?,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
