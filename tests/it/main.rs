@@ -10,6 +10,7 @@ mod inputs;
 mod ledger;
 mod lifecycle;
 mod nul;
+mod sink_tls;
 mod timescale;
 
 use std::net::SocketAddr;
