@@ -467,7 +467,7 @@ async fn prepare_database(
     let mut client = pool
         .get()
         .await
-        .context("cannot connect to PostgreSQL (timescale.url)")?;
+        .map_err(|e| timescale::connect_error(config, &e))?;
     if config.migrate_on_start {
         Ok(timescale::migrate(&mut client, config, extractor.mappings()).await?)
     } else {

@@ -451,6 +451,8 @@ mod tests {
                 "receiver.max_request_bytes",
             ),
             ("[telemetry]\nadmin_endpoint = \"localhost\"\n[exporters.x]\nendpoint = \"http://a:1\"\n", "telemetry.admin_endpoint"),
+            ("[timescale]\nurl = \"host=db\"\nsslmode = \"verify-full\"\nsslrootcert = \"/nonexistent/ca.pem\"\n", "key `timescale.sslrootcert`: cannot read PEM file /nonexistent/ca.pem"),
+            ("[timescale]\nurl = \"host=db sslmode=verify-ca\"\n", "key `sslmode in timescale.url`: sslmode=verify-ca needs sslrootcert"),
         ];
         for (text, key) in cases {
             let err = load_err(text, &[]);

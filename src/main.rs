@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use otelgate::{demo, telemetry, Config, Gateway};
 
@@ -99,7 +98,7 @@ async fn migrate(path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut client = pool
         .get()
         .await
-        .context("cannot connect to PostgreSQL (timescale.url)")?;
+        .map_err(|e| otelgate::sink::timescale::connect_error(&timescale, &e))?;
     let info = migrate(&mut client, &timescale, extractor.mappings()).await?;
     match &info.timescaledb {
         Some(version) => println!("TimescaleDB {version}"),

@@ -434,6 +434,10 @@ fn describe_metrics() {
         SINK_REPLAY_SKIPPED_ROWS,
         "Rows of replayed log records already committed before a restart."
     );
+    describe_counter!(
+        SINK_NUL_REPLACED,
+        "U+0000 characters written as U+FFFD in text and JSON cells."
+    );
     describe_histogram!(SINK_BATCH_ROWS, "Rows per COPY batch.");
     describe_histogram!(
         SINK_COPY_SECONDS,
@@ -463,9 +467,13 @@ pub const SINK_FAILED_ROWS: &str = "otelgate_sink_failed_rows_total";
 pub const SINK_RETRIES: &str = "otelgate_sink_retries_total";
 /// Retried batches found already committed in the ledger (so not written twice). Labels: table.
 pub const SINK_LEDGER_SKIPS: &str = "otelgate_sink_ledger_skips_total";
-/// Rows per COPY batch. Labels: table.
 /// Rows of replayed log records found already committed in the ledger, not written again.
 pub const SINK_REPLAY_SKIPPED_ROWS: &str = "otelgate_sink_replay_skipped_rows_total";
+/// U+0000 characters written as U+FFFD in text and JSON cells (PostgreSQL cannot store
+/// them), counted as rows are built. Labels: table (the one written, `otelgate_rejected_rows`
+/// for rejected records).
+pub const SINK_NUL_REPLACED: &str = "otelgate_sink_nul_replaced_total";
+/// Rows per COPY batch. Labels: table.
 pub const SINK_BATCH_ROWS: &str = "otelgate_sink_batch_rows";
 /// Seconds of one committed batch write: getting a connection, BEGIN, ledger row, COPY,
 /// COMMIT. Labels: table.

@@ -1,6 +1,7 @@
 //! A throwaway PostgreSQL cluster: `initdb` in a temporary directory, a free port on
 //! 127.0.0.1, TimescaleDB preloaded when its library is installed, everything removed on drop.
 //! PostgreSQL refuses to run as root, so as root the server runs as the `postgres` user.
+//! [`ServerOptions`] adds settings, files (TLS keys and certificates) and pg_hba.conf rules.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +22,20 @@ pub struct TempPostgres {
     as_postgres_user: bool,
     /// Server options, reused by [`TempPostgres::start_again`].
     options: String,
+}
+
+/// What a cluster gets beyond the defaults (see [`TempPostgres::start_with_options`]).
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Server settings, `name=value` (each passed as `-c`), such as `ssl=on`.
+    pub settings: Vec<String>,
+    /// Files written into the data directory before the server starts, owned by the server's
+    /// user with mode 0600 (as PostgreSQL wants its TLS key): name, contents. Settings name
+    /// them relative to the data directory (`ssl_key_file=server.key`).
+    pub files: Vec<(String, Vec<u8>)>,
+    /// When set, pg_hba.conf holds these lines after `local all all trust` instead of
+    /// initdb's rules, which trust every local TCP connection.
+    pub hba: Option<Vec<String>>,
 }
 
 fn has_server(dir: &Path) -> bool {
@@ -78,6 +93,16 @@ impl TempPostgres {
     /// Starts a cluster; with `timescaledb = false` it is plain PostgreSQL even when
     /// TimescaleDB is installed.
     pub fn start_with(durable: bool, timescaledb: bool) -> anyhow::Result<TempPostgres> {
+        Self::start_with_options(durable, timescaledb, &ServerOptions::default())
+    }
+
+    /// Starts a cluster as [`TempPostgres::start_with`] does, with `extra`'s settings, files
+    /// and pg_hba.conf rules.
+    pub fn start_with_options(
+        durable: bool,
+        timescaledb: bool,
+        extra: &ServerOptions,
+    ) -> anyhow::Result<TempPostgres> {
         let bin = find_bin_dir()?;
         let as_postgres_user = is_root();
         let dir = std::env::temp_dir().join(format!(
@@ -135,9 +160,33 @@ impl TempPostgres {
                 " -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off",
             );
         }
+        for setting in &extra.settings {
+            options.push_str(&format!(" -c '{setting}'"));
+        }
         cluster.options = options;
+        cluster.prepare(&data, extra)?;
         cluster.start_again()?;
         Ok(cluster)
+    }
+
+    /// Writes `extra`'s files and pg_hba.conf into the data directory `data`.
+    fn prepare(&self, data: &Path, extra: &ServerOptions) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for (name, contents) in &extra.files {
+            let path = data.join(name);
+            std::fs::write(&path, contents)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            if self.as_postgres_user {
+                self.run(Command::new("chown").arg("postgres:postgres").arg(&path))?;
+            }
+        }
+        if let Some(lines) = &extra.hba {
+            // Rewriting the file initdb made keeps its owner.
+            let hba = format!("local all all trust\n{}\n", lines.join("\n"));
+            std::fs::write(data.join("pg_hba.conf"), hba)?;
+        }
+        Ok(())
     }
 
     fn command(&self, program: &str) -> Command {
@@ -179,6 +228,16 @@ impl TempPostgres {
     /// A connection URL for database `postgres` as user `postgres`.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A libpq-style connection string for database `postgres` as user `postgres` through
+    /// the Unix socket, which `local all all trust` keeps open whatever the TCP rules.
+    pub fn socket_url(&self) -> String {
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.dir.display(),
+            self.port
+        )
     }
 
     pub fn port(&self) -> u16 {

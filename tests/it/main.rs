@@ -10,6 +10,8 @@ mod hostile;
 mod inputs;
 mod ledger;
 mod lifecycle;
+mod nul;
+mod sink_tls;
 mod timescale;
 
 use std::net::SocketAddr;

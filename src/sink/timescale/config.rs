@@ -1,11 +1,14 @@
 //! Configuration of the TimescaleDB sink.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::error::TimescaleSinkError;
 use super::mapping::MappingConfig;
+use super::tls::SslMode;
 use crate::config::ConfigError;
 use crate::pipeline::QueueConfig;
 
@@ -54,8 +57,26 @@ pub struct LlmPrice {
 #[serde(deny_unknown_fields)]
 pub struct TimescaleSinkConfig {
     /// libpq-style connection string or URL, e.g. `postgres://otelgate:${PGPASSWORD}@db:5432/telemetry`.
-    /// Works through PgBouncer in transaction pooling mode.
+    /// Works through PgBouncer in transaction pooling mode. Its `sslmode`, `sslrootcert`,
+    /// `sslcert` and `sslkey` are read as libpq reads them (see `tls`).
     pub url: String,
+    /// TLS to PostgreSQL, as libpq's `sslmode`; takes precedence over `sslmode` in `url`.
+    /// Unset in both: `prefer` (TLS when the server offers it, certificate not checked),
+    /// or `verify-full` with `sslrootcert = "system"`.
+    #[serde(default)]
+    pub sslmode: Option<SslMode>,
+    /// PEM file of the CA certificates the server's certificate must chain to, or `system`
+    /// for the built-in Mozilla roots; takes precedence over `sslrootcert` in `url`. Needed by
+    /// `verify-ca` and `verify-full`; with `prefer` or `require` it makes them check the chain.
+    #[serde(default)]
+    pub sslrootcert: Option<String>,
+    /// Client certificate (PEM), for `cert` authentication or `clientcert=` in pg_hba.conf.
+    /// Requires `sslkey`; takes precedence over `sslcert` in `url`.
+    #[serde(default)]
+    pub sslcert: Option<PathBuf>,
+    /// The client certificate's private key (PEM). Takes precedence over `sslkey` in `url`.
+    #[serde(default)]
+    pub sslkey: Option<PathBuf>,
     /// Connections, and so COPY batches in flight at once.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
@@ -100,6 +121,10 @@ impl TimescaleSinkConfig {
     pub fn new(url: impl Into<String>) -> Self {
         TimescaleSinkConfig {
             url: url.into(),
+            sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
             pool_size: default_pool_size(),
             max_rows: default_max_rows(),
             max_wait_ms: default_max_wait_ms(),
@@ -124,9 +149,13 @@ impl TimescaleSinkConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        self.url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| ConfigError::invalid("timescale.url", e.to_string()))?;
+        // The connection settings, and the certificate files they name.
+        super::tls::connection_config(self)
+            .and_then(|(_, tls)| tls.connector())
+            .map_err(|e| match e {
+                TimescaleSinkError::Config { key, message } => ConfigError::invalid(key, message),
+                other => ConfigError::invalid("timescale", other.to_string()),
+            })?;
         if self.pool_size == 0 || self.max_rows == 0 {
             return Err(ConfigError::invalid(
                 "timescale",

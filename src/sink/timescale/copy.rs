@@ -1,6 +1,11 @@
 //! Rows to PostgreSQL binary COPY data. Cells are encoded by hand (the formats are fixed and
 //! simple) as rows are extracted, straight into the buffer a batch is sent from, so a retried
 //! batch resends the same bytes.
+//!
+//! PostgreSQL's `text` and `jsonb` cannot hold U+0000. Every text and JSON cell is written
+//! with each U+0000 replaced by [`NUL_REPLACEMENT`] (in JSON, in keys as in values, the
+//! escape `\u0000` becomes `\ufffd`), so such a cell never makes PostgreSQL refuse a row. The
+//! check is one `memchr` over the cell's bytes; only a cell that has one takes the slow path.
 
 use bytes::Bytes;
 
@@ -9,6 +14,9 @@ use super::mapping::ColumnType;
 const MAGIC: &[u8] = b"PGCOPY\n\xff\r\n\0";
 /// Seconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
+
+/// What each U+0000 in a text or JSON cell is written as: U+FFFD REPLACEMENT CHARACTER.
+pub const NUL_REPLACEMENT: char = '\u{FFFD}';
 
 /// One typed value.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +75,10 @@ pub struct Rows {
     buf: Vec<u8>,
     /// Where each row ends in `buf`.
     ends: Vec<usize>,
+    /// U+0000 characters replaced in the rows written here since the last
+    /// [`Rows::take_nul_replaced`] or [`Rows::clear`] (rows appended from other `Rows` do not
+    /// bring theirs).
+    nul_replaced: u64,
 }
 
 impl Default for Rows {
@@ -84,6 +96,7 @@ impl Rows {
         Rows {
             buf,
             ends: Vec::with_capacity(rows),
+            nul_replaced: 0,
         }
     }
 
@@ -109,6 +122,7 @@ impl Rows {
             rows: self,
             start,
             fields: 0,
+            nul_replaced: 0,
             finished: false,
         }
     }
@@ -144,6 +158,12 @@ impl Rows {
     pub fn clear(&mut self) {
         self.buf.truncate(HEADER_LEN);
         self.ends.clear();
+        self.nul_replaced = 0;
+    }
+
+    /// U+0000 characters replaced in the rows written here since the last call (or `clear`).
+    pub fn take_nul_replaced(&mut self) -> u64 {
+        std::mem::take(&mut self.nul_replaced)
     }
 
     /// The rows as a complete COPY stream, without copying them.
@@ -252,6 +272,8 @@ pub struct RowWriter<'a> {
     rows: &'a mut Rows,
     start: usize,
     fields: i16,
+    /// U+0000 characters replaced in this row; they count once the row is finished.
+    nul_replaced: u64,
     finished: bool,
 }
 
@@ -268,8 +290,33 @@ impl RowWriter<'_> {
         self.rows.buf.extend_from_slice(&(-1i32).to_be_bytes());
     }
 
+    /// A text value; each U+0000 in it is written as [`NUL_REPLACEMENT`].
     pub fn text(&mut self, text: &str) {
-        self.value(text.as_bytes());
+        let bytes = text.as_bytes();
+        if has_nul(bytes) {
+            self.text_replacing_nul(bytes);
+        } else {
+            self.value(bytes);
+        }
+    }
+
+    /// `text`'s slow path. In UTF-8 a 0 byte is always U+0000 (no other character has one).
+    #[cold]
+    fn text_replacing_nul(&mut self, bytes: &[u8]) {
+        let mut replacement = [0; 4];
+        let replacement = NUL_REPLACEMENT.encode_utf8(&mut replacement).as_bytes();
+        let nul = bytes.iter().filter(|&&b| b == 0).count();
+        self.nul_replaced += nul as u64;
+        self.fields += 1;
+        let len = bytes.len() + nul * (replacement.len() - 1);
+        let buf = &mut self.rows.buf;
+        buf.extend_from_slice(&(len as i32).to_be_bytes());
+        for (i, part) in bytes.split(|&b| b == 0).enumerate() {
+            if i > 0 {
+                buf.extend_from_slice(replacement);
+            }
+            buf.extend_from_slice(part);
+        }
     }
 
     pub fn int8(&mut self, value: i64) {
@@ -297,7 +344,8 @@ impl RowWriter<'_> {
         self.value(value);
     }
 
-    /// A jsonb value rendered by serde_json straight into the row.
+    /// A jsonb value rendered by serde_json straight into the row. serde_json writes U+0000
+    /// as the escape `\u0000`, which jsonb refuses: each becomes `\ufffd` ([`NUL_REPLACEMENT`]).
     pub fn json(&mut self, value: &impl serde::Serialize) {
         self.fields += 1;
         let buf = &mut self.rows.buf;
@@ -306,6 +354,18 @@ impl RowWriter<'_> {
         serde_json::to_writer(&mut *buf, value).expect("string keys; writing to memory");
         let len = (buf.len() - at - 4) as i32;
         buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        self.nul_replaced += replace_escaped_nul(&mut buf[at + 5..]);
+    }
+
+    /// A jsonb value from JSON text, with `\u0000` escapes replaced as in [`RowWriter::json`].
+    pub fn json_text(&mut self, text: &str) {
+        self.fields += 1;
+        let buf = &mut self.rows.buf;
+        buf.extend_from_slice(&(text.len() as i32 + 1).to_be_bytes());
+        buf.push(1);
+        let at = buf.len();
+        buf.extend_from_slice(text.as_bytes());
+        self.nul_replaced += replace_escaped_nul(&mut buf[at..]);
     }
 
     pub fn cell(&mut self, cell: &Cell) {
@@ -317,13 +377,7 @@ impl RowWriter<'_> {
             Cell::Bool(b) => self.bool(*b),
             Cell::Timestamp(ns) => self.timestamp(*ns),
             Cell::Uuid(u) => self.uuid(u),
-            Cell::Json(text) => {
-                self.fields += 1;
-                let buf = &mut self.rows.buf;
-                buf.extend_from_slice(&(text.len() as i32 + 1).to_be_bytes());
-                buf.push(1);
-                buf.extend_from_slice(text.as_bytes());
-            }
+            Cell::Json(text) => self.json_text(text),
             Cell::Bytea(b) => self.bytea(b),
         }
     }
@@ -333,8 +387,51 @@ impl RowWriter<'_> {
         let buf = &mut self.rows.buf;
         buf[self.start..self.start + 2].copy_from_slice(&self.fields.to_be_bytes());
         self.rows.ends.push(buf.len());
+        self.rows.nul_replaced += self.nul_replaced;
         self.finished = true;
     }
+}
+
+/// Whether `bytes` holds a 0 byte, eight at a time. Text cells are mostly short, where this
+/// beats `memchr` (whose setup is made for long haystacks) several times over.
+#[inline]
+fn has_nul(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Nonzero exactly when some byte of `word` is 0.
+    let has_zero_byte = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS != 0;
+    let n = bytes.len();
+    if n < 8 {
+        return bytes.contains(&0);
+    }
+    let word = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let mut at = 0;
+    while at + 8 < n {
+        if has_zero_byte(word(at)) {
+            return true;
+        }
+        at += 8;
+    }
+    has_zero_byte(word(n - 8))
+}
+
+/// Rewrites each `\u0000` escape of the JSON text `json` as `\ufffd` (same length, in place);
+/// returns how many there were. Escapes are read from left to right, so the `\u0000` in an
+/// escaped backslash followed by `u0000` (`\\u0000`) is left alone. JSON without a backslash,
+/// the common case, costs one `memchr`.
+fn replace_escaped_nul(json: &mut [u8]) -> u64 {
+    let mut replaced = 0;
+    let mut at = 0;
+    while let Some(found) = memchr::memchr(b'\\', &json[at..]) {
+        let escape = at + found;
+        if json.get(escape + 1..escape + 6) == Some(&b"u0000"[..]) {
+            json[escape + 2..escape + 6].copy_from_slice(b"fffd");
+            replaced += 1;
+        }
+        // The escaped character; the hex digits of a `\u` escape hold no backslash.
+        at = (escape + 2).min(json.len());
+    }
+    replaced
 }
 
 impl Drop for RowWriter<'_> {
@@ -436,6 +533,109 @@ mod tests {
             rows.into_batch().decode_row(0, &[ColumnType::Jsonb]),
             Some(vec![Cell::Json("{\"k\":[1,\"two\"]}".into())])
         );
+    }
+
+    /// A cell written by a row writer.
+    enum Written<'a> {
+        Text(&'a str),
+        Json(serde_json::Value),
+        JsonText(&'a str),
+    }
+
+    /// Writes `cell` as the only cell of a row and checks what PostgreSQL would read: text as
+    /// it is, JSON once parsed; and how many U+0000 were replaced.
+    #[track_caller]
+    fn check_nul(cell: Written<'_>, expected: serde_json::Value, replaced: u64) {
+        let mut rows = Rows::default();
+        let mut row = rows.row();
+        let ty = match &cell {
+            Written::Text(text) => {
+                row.text(text);
+                ColumnType::Text
+            }
+            Written::Json(value) => {
+                row.json(value);
+                ColumnType::Jsonb
+            }
+            Written::JsonText(text) => {
+                row.cell(&Cell::Json((*text).into()));
+                ColumnType::Jsonb
+            }
+        };
+        row.finish();
+        assert_eq!(rows.take_nul_replaced(), replaced);
+        assert_eq!(rows.take_nul_replaced(), 0, "taken");
+        let cells = rows.into_batch().decode_row(0, &[ty]).expect("one cell");
+        let read = match &cells[0] {
+            Cell::Text(text) => {
+                assert!(!text.contains('\0'));
+                serde_json::Value::String(text.clone())
+            }
+            Cell::Json(text) => serde_json::from_str(text).expect("valid JSON"),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(read, expected);
+    }
+
+    #[test]
+    fn nul_in_text_and_json_cells_is_written_as_the_replacement_character() {
+        use serde_json::json;
+        use Written::*;
+        let r = NUL_REPLACEMENT;
+        check_nul(Text("camera 7"), json!("camera 7"), 0);
+        check_nul(Text(""), json!(""), 0);
+        check_nul(Text("a\0b"), json!(format!("a{r}b")), 1);
+        check_nul(Text("\0\0é\0"), json!(format!("{r}{r}é{r}")), 3);
+        check_nul(Json(json!({ "k": "v" })), json!({ "k": "v" }), 0);
+        check_nul(
+            Json(json!({ "k": "a\0b" })),
+            json!({ "k": format!("a{r}b") }),
+            1,
+        );
+        check_nul(
+            Json(json!({ "k\0": ["\0", 1] })),
+            json!({ format!("k{r}"): [r.to_string(), 1] }),
+            2,
+        );
+        // Not a NUL: a backslash followed by `u0000`, and an escaped backslash before a NUL.
+        check_nul(Json(json!("\\u0000")), json!("\\u0000"), 0);
+        check_nul(Json(json!("\\\0")), json!(format!("\\{r}")), 1);
+        check_nul(
+            JsonText(r#"{"a\u0000":"\u0000\n"}"#),
+            json!({ format!("a{r}"): format!("{r}\n") }),
+            2,
+        );
+        check_nul(JsonText(r#""\\u0000""#), json!("\\u0000"), 0);
+    }
+
+    #[test]
+    fn has_nul_finds_a_zero_byte_anywhere() {
+        for n in 0..40 {
+            let clean = vec![b'a'; n];
+            assert!(!has_nul(&clean), "{n}");
+            for at in 0..n {
+                let mut bytes = clean.clone();
+                bytes[at] = 0;
+                assert!(has_nul(&bytes), "{n} {at}");
+            }
+        }
+        // Bytes that differ from 0 by one bit or by borrowing are not zeros.
+        assert!(!has_nul(&[
+            0x80, 0x01, 0xff, 0x7f, 0x81, 0x01, 0x80, 0x01, 0x01
+        ]));
+    }
+
+    #[test]
+    fn nul_replaced_in_an_unfinished_row_does_not_count() {
+        let mut rows = Rows::default();
+        let mut row = rows.row();
+        row.text("a\0");
+        drop(row);
+        rows.push(&[Cell::Text("\0".into())]);
+        assert_eq!(rows.take_nul_replaced(), 1);
+        rows.push(&[Cell::Text("\0".into())]);
+        rows.clear();
+        assert_eq!(rows.take_nul_replaced(), 0);
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! Errors of the TimescaleDB sink, and the one place that decides which are retried.
+//! Errors of the TimescaleDB sink, and the one place that decides which are retried. Errors
+//! of connections say what to change when TLS is the cause.
 
 use tokio_postgres::error::SqlState;
+
+use super::config::TimescaleSinkConfig;
 
 /// What went wrong talking to PostgreSQL.
 #[derive(Debug, thiserror::Error)]
@@ -16,10 +19,27 @@ pub enum TimescaleSinkError {
     },
     #[error("{0}")]
     Setup(String),
+    /// A setting that cannot work, named as the user wrote it (`timescale.sslrootcert`,
+    /// `sslmode in timescale.url`).
+    #[error("{key}: {message}")]
+    Config { key: String, message: String },
+    /// The first connection failed; `settings` are the ones in effect.
+    #[error("cannot connect to PostgreSQL ({settings}): {message}")]
+    Connect { settings: String, message: String },
 }
 
-/// The server's message (SQLSTATE, message, detail, constraint) or the client error chain.
+/// The server's message (SQLSTATE, message, detail, constraint) or the client error chain,
+/// and what to change when the cause is TLS (see `tls_hint`).
 pub fn describe(error: &tokio_postgres::Error) -> String {
+    let mut text = describe_cause(error);
+    if let Some(hint) = tls_hint(error) {
+        text.push_str("; ");
+        text.push_str(hint);
+    }
+    text
+}
+
+fn describe_cause(error: &tokio_postgres::Error) -> String {
     if let Some(db) = error.as_db_error() {
         let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
         if let Some(detail) = db.detail() {
@@ -40,10 +60,112 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
     text
 }
 
-fn describe_pool(error: &deadpool_postgres::PoolError) -> String {
+/// A pool error as [`describe`] puts it.
+pub fn describe_pool(error: &deadpool_postgres::PoolError) -> String {
     match error {
         deadpool_postgres::PoolError::Backend(error) => describe(error),
         other => other.to_string(),
+    }
+}
+
+/// The first connection failed: `error` with the hosts and TLS settings in effect, which are
+/// what to check.
+pub fn connect_error(
+    config: &TimescaleSinkConfig,
+    error: &deadpool_postgres::PoolError,
+) -> TimescaleSinkError {
+    let settings = match super::tls::connection_config(config) {
+        Ok((pg, tls)) => {
+            let ports = pg.get_ports();
+            let hosts: Vec<String> = pg
+                .get_hosts()
+                .iter()
+                .enumerate()
+                .map(|(i, host)| {
+                    let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                    match host {
+                        tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                        tokio_postgres::config::Host::Unix(dir) => {
+                            format!("{}/.s.PGSQL.{port}", dir.display())
+                        }
+                    }
+                })
+                .collect();
+            format!("{}, {}", hosts.join(","), tls.summary())
+        }
+        Err(_) => "timescale.url".into(),
+    };
+    TimescaleSinkError::Connect {
+        settings,
+        message: describe_pool(error),
+    }
+}
+
+const NEEDS_TLS: &str = "the server takes this connection only over TLS: set sslmode to \
+    require or stronger (timescale.sslmode, or sslmode in timescale.url)";
+const NEEDS_CLIENT_CERT: &str = "the server wants a client certificate: set sslcert and sslkey \
+    (timescale.sslcert and timescale.sslkey, or in timescale.url)";
+const CERT_USER: &str = "the client certificate's common name (CN) must be the user name, or \
+    be mapped to it in the server's pg_ident.conf";
+const NO_TLS: &str = "the server does not offer TLS: turn ssl on in the server, or set sslmode \
+    to prefer or disable (timescale.sslmode, or sslmode in timescale.url)";
+const WRONG_NAME: &str = "the server's certificate does not name the host connected to \
+    (sslmode=verify-full): connect by a name the certificate holds, or set sslmode=verify-ca \
+    to check only that a CA in sslrootcert signed it";
+const WRONG_CA: &str = "the server's certificate is not signed by a CA in sslrootcert: point \
+    timescale.sslrootcert (or sslrootcert in timescale.url) at the PEM file of the CA that \
+    signed it";
+const CLIENT_CERT_REFUSED: &str = "the server refused the client certificate: sslcert must be \
+    signed by a CA in the server's ssl_ca_file, with sslkey its key";
+
+/// What to change when a connection fails for a TLS or TLS-related reason, or `None`.
+fn tls_hint(error: &tokio_postgres::Error) -> Option<&'static str> {
+    if let Some(db) = error.as_db_error() {
+        let message = db.message();
+        return if message.ends_with("no encryption") {
+            Some(NEEDS_TLS)
+        } else if message.contains("requires a valid client certificate") {
+            Some(NEEDS_CLIENT_CERT)
+        } else if message.starts_with("certificate authentication failed") {
+            Some(CERT_USER)
+        } else {
+            None
+        };
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        let rustls_error = cause.downcast_ref::<rustls::Error>().or_else(|| {
+            cause
+                .downcast_ref::<std::io::Error>()?
+                .get_ref()?
+                .downcast_ref::<rustls::Error>()
+        });
+        if let Some(hint) = rustls_error.and_then(rustls_hint) {
+            return Some(hint);
+        }
+        // tokio-postgres's own words when the server answers `N` to `require`.
+        if cause.to_string() == "server does not support TLS" {
+            return Some(NO_TLS);
+        }
+        source = cause.source();
+    }
+    None
+}
+
+fn rustls_hint(error: &rustls::Error) -> Option<&'static str> {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert, Error};
+    match error {
+        Error::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }) => {
+            Some(WRONG_NAME)
+        }
+        Error::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature) => Some(WRONG_CA),
+        Error::AlertReceived(
+            Alert::UnknownCA
+            | Alert::BadCertificate
+            | Alert::CertificateRequired
+            | Alert::AccessDenied,
+        ) => Some(CLIENT_CERT_REFUSED),
+        _ => None,
     }
 }
 
@@ -75,7 +197,9 @@ impl TimescaleSinkError {
             TimescaleSinkError::Db(error) | TimescaleSinkError::Migration { source: error, .. } => {
                 error
             }
-            TimescaleSinkError::Setup(_) => return Failure::Permanent,
+            TimescaleSinkError::Setup(_)
+            | TimescaleSinkError::Config { .. }
+            | TimescaleSinkError::Connect { .. } => return Failure::Permanent,
         };
         let Some(code) = error.code() else {
             // No SQLSTATE: the connection broke or closed.

@@ -383,9 +383,6 @@ fn convert(raw: Raw<'_>, ty: ColumnType, row: &mut RowWriter<'_>) -> Result<(), 
     let value = any.value.as_ref().expect("find() skips empty values");
     let mismatch = || format!("cannot store {} as {}", any_to_json(any), ty.sql());
     match (ty, value) {
-        (T::Text, V::StringValue(s)) if s.contains('\0') => {
-            return Err("text contains a NUL byte, which PostgreSQL cannot store".into())
-        }
         (T::Text, V::StringValue(s)) => row.text(s),
         (T::Text, V::IntValue(i)) => row.text(&i.to_string()),
         (T::Text, V::DoubleValue(d)) => row.text(&d.to_string()),

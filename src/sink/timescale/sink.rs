@@ -166,14 +166,13 @@ pub struct TimescaleSink {
     log: Option<LogLedger>,
 }
 
-/// Builds the connection pool for `config.url`. Connections are made on first use.
+/// Builds the connection pool for `config.url` and its TLS settings (see `tls`), with the
+/// certificate files read. Connections are made on first use.
 pub fn pool(config: &TimescaleSinkConfig) -> Result<Pool, TimescaleSinkError> {
-    let pg: tokio_postgres::Config = config.url.parse().map_err(|e: tokio_postgres::Error| {
-        TimescaleSinkError::Setup(format!("timescale.url: {e}"))
-    })?;
+    let (pg, tls) = super::tls::connection_config(config)?;
     let manager = Manager::from_config(
         pg,
-        tokio_postgres::NoTls,
+        tls.connector()?,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -235,8 +234,9 @@ impl TimescaleSink {
         let mut scratch = self.extractor.batch();
         let mut prune = tokio::time::interval(Duration::from_secs(600));
         let mut requests_undelivered = 0;
-        let mut rejection_log =
-            telemetry::RateLimitedWarning::new("Record rejected; kept in otelgate_rejected_rows.");
+        let mut rejection_log = telemetry::RateLimitedWarning::new(
+            "Record rejected; queued for otelgate_rejected_rows.",
+        );
         loop {
             let next_deadline = pending.iter().filter_map(|p| p.deadline).min();
             tokio::select! {
@@ -266,6 +266,7 @@ impl TimescaleSink {
                     self.extract(&payload, &mut scratch);
                     for (index, rows) in scratch.rows.iter_mut().enumerate() {
                         if !rows.is_empty() {
+                            count_nul_replaced(&self.targets[index].table, rows.take_nul_replaced());
                             self.take_rows(&mut pending[index], index, rows, &payload);
                             rows.clear();
                         }
@@ -277,7 +278,7 @@ impl TimescaleSink {
                         for record in scratch.rejected.drain(..) {
                             metrics::counter!(telemetry::SINK_REJECTED_ROWS, "table" => record.table.clone(), "reason" => "conversion").increment(1);
                             if let Some(suppressed) = rejection_log.due() {
-                                tracing::warn!(table = %record.table, reason = %record.reason, similar_since_last_warning = suppressed, "Record rejected; kept in otelgate_rejected_rows.");
+                                tracing::warn!(table = %record.table, reason = %record.reason, similar_since_last_warning = suppressed, "Record rejected; queued for otelgate_rejected_rows.");
                             }
                             rejected.push(&[
                                 Cell::Timestamp(now_nanos()),
@@ -286,6 +287,7 @@ impl TimescaleSink {
                                 Cell::json(&record.record),
                             ]);
                         }
+                        count_nul_replaced(REJECTED_TABLE, rejected.take_nul_replaced());
                         let index = self.targets.len() - 1;
                         self.take_rows(&mut pending[index], index, &rejected, &payload);
                     }
@@ -474,6 +476,23 @@ impl TimescaleSink {
     }
 }
 
+/// Counts U+0000 characters replaced in cells written for `table` (see `copy`).
+fn count_nul_replaced(table: &str, replaced: u64) {
+    if replaced > 0 {
+        metrics::counter!(telemetry::SINK_NUL_REPLACED, "table" => table.to_owned())
+            .increment(replaced);
+    }
+}
+
+/// The `reason` label of rows given up after `failure`.
+fn given_up_reason(failure: Failure) -> &'static str {
+    if failure == Failure::Transient {
+        reason::RETRIES_EXHAUSTED
+    } else {
+        "permanent"
+    }
+}
+
 fn now_nanos() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -608,8 +627,6 @@ impl Writer {
                     stack.push((left, keys));
                 }
                 Err((Failure::BadData, message)) => {
-                    metrics::counter!(telemetry::SINK_REJECTED_ROWS, "table" => target.table.clone(), "reason" => "database").increment(1);
-                    tracing::warn!(table = %target.table, error = %message, "PostgreSQL refused a row; kept in otelgate_rejected_rows.");
                     let record = match rows.decode_row(0, &target.types) {
                         Some(cells) => cells.iter().map(Cell::to_json).collect(),
                         None => serde_json::Value::Null,
@@ -619,27 +636,29 @@ impl Writer {
                     rejected.push(&[
                         Cell::Timestamp(now_nanos()),
                         Cell::Text(target.table.clone()),
-                        Cell::Text(message),
+                        Cell::Text(message.clone()),
                         Cell::json(&serde_json::json!({ "row": record })),
                     ]);
+                    count_nul_replaced(REJECTED_TABLE, rejected.take_nul_replaced());
                     match self
                         .write_batch(&self.rejected, target, &rejected.into_batch(), range)
                         .await
                     {
                         Ok(()) => {
                             self.tally.rejected.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!(telemetry::SINK_REJECTED_ROWS, "table" => target.table.clone(), "reason" => "database").increment(1);
+                            tracing::warn!(table = %target.table, error = %message, "PostgreSQL refused a row; kept in otelgate_rejected_rows.");
                         }
-                        Err((_, message)) => {
-                            tracing::error!(error = %message, "Cannot keep a rejected row in otelgate_rejected_rows.");
+                        Err((failure, kept)) => {
+                            let why = given_up_reason(failure);
+                            self.tally.failed.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!(telemetry::SINK_FAILED_ROWS, "table" => target.table.clone(), "reason" => why).increment(1);
+                            tracing::error!(table = %target.table, error = %message, rejected_rows_error = %kept, reason = why, "PostgreSQL refused a row, and it cannot be kept in otelgate_rejected_rows either; the row is given up.");
                         }
                     }
                 }
                 Err((failure, message)) => {
-                    let why = if failure == Failure::Transient {
-                        reason::RETRIES_EXHAUSTED
-                    } else {
-                        "permanent"
-                    };
+                    let why = given_up_reason(failure);
                     self.tally.failed.fetch_add(count, Ordering::Relaxed);
                     metrics::counter!(telemetry::SINK_FAILED_ROWS, "table" => target.table.clone(), "reason" => why).increment(count);
                     tracing::error!(table = %target.table, rows = count, reason = why, error = %message, "Batch given up.");
