@@ -221,7 +221,12 @@ pub struct Ingest {
     retry_after: Duration,
     /// `receiver.connections.body_read_timeout_ms`; zero for none.
     body_read_timeout: Duration,
+    /// Large JSON documents being converted, one per core.
+    json_slots: tokio::sync::Semaphore,
 }
+
+/// JSON documents smaller than this are converted on the async worker (tens of microseconds).
+const INLINE_JSON_BYTES: usize = 64 * 1024;
 
 impl Ingest {
     pub fn new(
@@ -247,6 +252,9 @@ impl Ingest {
             max_request_bytes: config.max_request_bytes,
             retry_after,
             body_read_timeout: Duration::from_millis(config.connections.body_read_timeout_ms),
+            json_slots: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         })
     }
 
@@ -264,6 +272,36 @@ impl Ingest {
 
     pub fn body_read_timeout(&self) -> Duration {
         self.body_read_timeout
+    }
+
+    /// OTLP/JSON to protobuf. A large document takes milliseconds of CPU and several times
+    /// its size in memory: it is converted off the async workers (which would otherwise stall
+    /// every other client meanwhile), at most one per core at a time, and its size is charged
+    /// to the memory budget while it is converted. Small documents are converted in place.
+    async fn convert_json(&self, signal: Signal, body: Bytes) -> Result<(Bytes, u64), IngestError> {
+        if body.len() < INLINE_JSON_BYTES {
+            return signal
+                .json_to_protobuf(&body)
+                .map_err(|e| IngestError::Invalid(e.to_string()));
+        }
+        let _charge = self
+            .budget
+            .try_admit(body.len())
+            .ok_or(IngestError::Throttled {
+                limit: self.budget.limit(),
+                retry_after: self.retry_after,
+            })?;
+        let _slot = self
+            .json_slots
+            .acquire()
+            .await
+            .map_err(|_| IngestError::ShuttingDown {
+                retry_after: self.retry_after,
+            })?;
+        tokio::task::spawn_blocking(move || signal.json_to_protobuf(&body))
+            .await
+            .map_err(|e| IngestError::Invalid(format!("JSON conversion failed: {e}")))?
+            .map_err(|e| IngestError::Invalid(e.to_string()))
     }
 
     /// Wraps the request bodies of a receiver's `router` in the limits of [`body`]: the body
@@ -344,9 +382,7 @@ impl Ingest {
                     .map_err(|e| IngestError::Invalid(e.to_string()))?;
                 (body, items)
             }
-            BodyFormat::Json => signal
-                .json_to_protobuf(&body)
-                .map_err(|e| IngestError::Invalid(e.to_string()))?,
+            BodyFormat::Json => self.convert_json(signal, body).await?,
         };
         let labels = [
             ("signal", signal.as_str()),
