@@ -92,6 +92,7 @@ pub fn limit_bodies(
                         budget,
                         retry_after,
                         held: None,
+                        draining: false,
                     })
                 })
             }
@@ -107,6 +108,18 @@ struct LimitedBody {
     /// The budget the frames received so far hold, returned when the body is dropped (the
     /// receiver then charges the request once more, by its decoded size, at admission).
     held: Option<BudgetPermit>,
+    /// A frame did not fit the budget: the rest of the body is read and dropped, then the
+    /// body ends with the throttling error.
+    draining: bool,
+}
+
+impl LimitedBody {
+    fn over_budget(&self) -> axum::Error {
+        axum::Error::new(BodyLimitError::over_budget(
+            self.budget.limit(),
+            self.retry_after,
+        ))
+    }
 }
 
 impl http_body::Body for LimitedBody {
@@ -117,7 +130,19 @@ impl http_body::Body for LimitedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+        loop {
+            let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) else {
+                break;
+            };
+            if self.draining {
+                // Over budget: the rest is read and dropped, so that the client, once it has
+                // sent its body, reads the throttling answer instead of a broken connection.
+                match frame {
+                    Some(Ok(_)) => continue,
+                    Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                    None => return Poll::Ready(Some(Err(self.over_budget()))),
+                }
+            }
             if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
                 let len = data.map_or(0, Bytes::len);
                 match self.budget.try_admit(len) {
@@ -127,19 +152,24 @@ impl http_body::Body for LimitedBody {
                     },
                     None => {
                         self.held = None;
-                        let error =
-                            BodyLimitError::over_budget(self.budget.limit(), self.retry_after);
-                        return Poll::Ready(Some(Err(axum::Error::new(error))));
+                        self.draining = true;
+                        continue;
                     }
                 }
             }
             return Poll::Ready(frame);
         }
-        if let Some((sleep, limit)) = &mut self.deadline {
-            if sleep.as_mut().poll(cx).is_ready() {
-                let error = BodyLimitError::timeout(*limit);
-                return Poll::Ready(Some(Err(axum::Error::new(error))));
-            }
+        let expired = match &mut self.deadline {
+            Some((sleep, limit)) => sleep.as_mut().poll(cx).is_ready().then_some(*limit),
+            None => None,
+        };
+        if let Some(limit) = expired {
+            let error = if self.draining {
+                self.over_budget()
+            } else {
+                axum::Error::new(BodyLimitError::timeout(limit))
+            };
+            return Poll::Ready(Some(Err(error)));
         }
         Poll::Pending
     }
@@ -174,6 +204,7 @@ mod tests {
             budget: budget.clone(),
             retry_after: Duration::from_secs(1),
             held: None,
+            draining: false,
         }
     }
 
@@ -187,9 +218,19 @@ mod tests {
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.data_ref().unwrap().len(), 60);
         assert_eq!(budget.used(), 60);
-        // A second frame that does not fit ends the body with a throttling error.
+        // A frame that does not fit gives the budget back; the rest of the body is read and
+        // dropped, and the body ends with a throttling error.
         tx.try_send(Ok(Frame::data(Bytes::from(vec![0u8; 50]))))
             .unwrap();
+        tx.try_send(Ok(Frame::data(Bytes::from(vec![0u8; 500]))))
+            .unwrap();
+        let pending = tokio::time::timeout(Duration::from_millis(50), body.frame()).await;
+        assert!(
+            pending.is_err(),
+            "the body ends only once the client has sent it all"
+        );
+        assert_eq!(budget.used(), 0, "a refused body holds nothing");
+        drop(tx);
         let error = body.frame().await.unwrap().unwrap_err();
         let found = BodyLimitError::find(&error).expect("a BodyLimitError");
         assert!(matches!(
