@@ -171,7 +171,17 @@ pub fn free_port() -> std::net::SocketAddr {
 
 /// `otelgate run` as a child process with the config file `path`; returns once ready.
 pub async fn run_gateway(path: &Path, admin: std::net::SocketAddr) -> tokio::process::Child {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_otelgate"))
+    run_gateway_with(Path::new(env!("CARGO_BIN_EXE_otelgate")), path, admin).await
+}
+
+/// `program run --config path` (the binary, or a wrapper that execs it) as a child process;
+/// returns once `/readyz` on `admin` answers 200.
+pub async fn run_gateway_with(
+    program: &Path,
+    path: &Path,
+    admin: std::net::SocketAddr,
+) -> tokio::process::Child {
+    let mut child = tokio::process::Command::new(program)
         .args(["run", "--config"])
         .arg(path)
         .stderr(Stdio::inherit())

@@ -4,12 +4,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use otelgate::Signal;
 
-use crate::durable::free_port;
+use crate::durable::{free_port, run_gateway, run_gateway_with};
 use crate::{config_for, log_dir, metric, start, WAIT};
 
 fn traces() -> bytes::Bytes {
@@ -386,32 +385,6 @@ protocol = "grpc"
     let _ = child.wait().await;
 }
 
-async fn run_gateway_with(
-    program: &std::path::Path,
-    config: &std::path::Path,
-    admin: SocketAddr,
-) -> tokio::process::Child {
-    let mut child = tokio::process::Command::new(program)
-        .args(["run", "--config"])
-        .arg(config)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT * 3;
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://{admin}/readyz")).await {
-            if r.status().is_success() {
-                return child;
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("otelgate exited during start-up: {status}");
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Peak resident memory (VmHWM) of process `pid`, in bytes.
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -461,7 +434,7 @@ protocol = "grpc"
     );
     let path = dir.join("otelgate.toml");
     std::fs::write(&path, config).unwrap();
-    let child = run_gateway_with(Path::new(env!("CARGO_BIN_EXE_otelgate")), &path, admin).await;
+    let child = run_gateway(&path, admin).await;
     let pid = child.id().unwrap();
     let before = peak_rss(pid);
     let senders: Vec<_> = (0..100)
