@@ -150,8 +150,9 @@ impl http_body::Body for LimitedBody {
                         Some(held) => held.merge(permit),
                         None => self.held = Some(permit),
                     },
+                    // The frames already passed on stay charged: the caller holds them until
+                    // the body ends.
                     None => {
-                        self.held = None;
                         self.draining = true;
                         continue;
                     }
@@ -218,8 +219,8 @@ mod tests {
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.data_ref().unwrap().len(), 60);
         assert_eq!(budget.used(), 60);
-        // A frame that does not fit gives the budget back; the rest of the body is read and
-        // dropped, and the body ends with a throttling error.
+        // After a frame that does not fit, the rest of the body is read and dropped, and the
+        // body ends with a throttling error; what was passed on stays charged until then.
         tx.try_send(Ok(Frame::data(Bytes::from(vec![0u8; 50]))))
             .unwrap();
         tx.try_send(Ok(Frame::data(Bytes::from(vec![0u8; 500]))))
@@ -229,7 +230,7 @@ mod tests {
             pending.is_err(),
             "the body ends only once the client has sent it all"
         );
-        assert_eq!(budget.used(), 0, "a refused body holds nothing");
+        assert_eq!(budget.used(), 60, "dropped frames are not charged");
         drop(tx);
         let error = body.frame().await.unwrap().unwrap_err();
         let found = BodyLimitError::find(&error).expect("a BodyLimitError");
@@ -240,8 +241,8 @@ mod tests {
         let status = tonic::Status::from_error(Box::new(error));
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert!(status.get_error_details().retry_info().is_some());
-        assert_eq!(budget.used(), 0, "a refused body holds nothing");
         drop(body);
+        assert_eq!(budget.used(), 0);
         let mut body = limited(Body::from(vec![1u8; 40]), &budget, None);
         body.frame().await.unwrap().unwrap();
         assert_eq!(budget.used(), 40);
