@@ -20,11 +20,17 @@ use tonic_types::StatusExt;
 use crate::{config_for, fixture, grpc_export, metric, start, WAIT};
 
 const TRACES: &str = "otlp-sdk-payloads/traces_frames_detections_genai.pb";
+/// Spans in the `TRACES` fixture.
+const TRACES_SPANS: u64 = 30;
 
 fn gzip(body: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     encoder.write_all(body).unwrap();
     encoder.finish().unwrap()
+}
+
+fn zstd(body: &[u8]) -> Vec<u8> {
+    zstd::encode_all(body, 3).unwrap()
 }
 
 struct HttpCase {
@@ -110,6 +116,38 @@ async fn bad_http_requests_get_specific_errors_and_the_gateway_keeps_serving() {
             message: "cannot decompress",
         },
         HttpCase {
+            name: "gzip members (what cat a.gz b.gz makes)",
+            content_type: protobuf,
+            encoding: Some("gzip"),
+            body: [gzip(&fixture(TRACES)), gzip(&fixture(TRACES))].concat(),
+            status: 200,
+            message: "",
+        },
+        HttpCase {
+            name: "gzip then garbage",
+            content_type: protobuf,
+            encoding: Some("gzip"),
+            body: [gzip(&fixture(TRACES)), b"garbage".to_vec()].concat(),
+            status: 400,
+            message: "are not a gzip member",
+        },
+        HttpCase {
+            name: "zstd frames",
+            content_type: protobuf,
+            encoding: Some("zstd"),
+            body: [zstd(&fixture(TRACES)), zstd(&fixture(TRACES))].concat(),
+            status: 200,
+            message: "",
+        },
+        HttpCase {
+            name: "zstd then garbage",
+            content_type: protobuf,
+            encoding: Some("zstd"),
+            body: [zstd(&fixture(TRACES)), b"garbage".to_vec()].concat(),
+            status: 400,
+            message: "are not a zstd frame",
+        },
+        HttpCase {
             name: "brotli",
             content_type: protobuf,
             encoding: Some("br"),
@@ -131,6 +169,9 @@ async fn bad_http_requests_get_specific_errors_and_the_gateway_keeps_serving() {
         assert_eq!(response.status().as_u16(), case.status, "{}", case.name);
         let is_json = response.headers()["content-type"] == "application/json";
         let body = response.bytes().await.unwrap();
+        if case.status == 200 {
+            continue;
+        }
         let message = if is_json {
             let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
             value["message"].as_str().unwrap().to_owned()
@@ -139,6 +180,7 @@ async fn bad_http_requests_get_specific_errors_and_the_gateway_keeps_serving() {
         };
         assert!(message.contains(case.message), "{}: {message}", case.name);
     }
+    let refusals = cases.iter().filter(|c| c.status != 200).count();
     let get = client.get(&url).send().await.unwrap();
     assert_eq!(get.status(), 405);
     // Still serving.
@@ -150,15 +192,19 @@ async fn bad_http_requests_get_specific_errors_and_the_gateway_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
-    assert!(backend.wait_for(Signal::Traces, 30, WAIT).await);
+    // Two gzip members and two zstd frames of the fixture, and the fixture once more: every
+    // member and frame was read.
+    let expected = 5 * TRACES_SPANS;
+    assert!(backend.wait_for(Signal::Traces, expected, WAIT).await);
     let refused = metric(
         gateway.admin_addr(),
         "otelgate_receiver_refused_requests_total",
         &[("transport", "http")],
     )
     .await;
-    assert_eq!(refused, cases.len() as f64);
+    assert_eq!(refused, refusals as f64);
     gateway.shutdown().await;
+    assert_eq!(backend.items(Signal::Traces), expected);
 }
 
 #[tokio::test]
