@@ -91,7 +91,7 @@ fn success(format: BodyFormat) -> Response {
 fn failure(format: BodyFormat, error: &IngestError) -> Response {
     let status = match error {
         IngestError::Unauthenticated => StatusCode::UNAUTHORIZED,
-        IngestError::Invalid(_) => StatusCode::BAD_REQUEST,
+        IngestError::Invalid(_) | IngestError::MessageCount(_) => StatusCode::BAD_REQUEST,
         IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         IngestError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         IngestError::NoDestination(_) => StatusCode::NOT_FOUND,

@@ -143,6 +143,9 @@ pub enum IngestError {
     Unauthenticated,
     #[error("{0}")]
     Invalid(String),
+    /// A unary gRPC call with no message or more than one (gRPC's "cardinality violation").
+    #[error("{0}")]
+    MessageCount(String),
     #[error("request exceeds the limit of {limit} bytes (receiver.max_request_bytes) after decompression")]
     TooLarge { limit: usize },
     #[error("{0}")]
@@ -177,7 +180,7 @@ impl IngestError {
     pub fn reason(&self) -> &'static str {
         match self {
             IngestError::Unauthenticated => reason::UNAUTHENTICATED,
-            IngestError::Invalid(_) => reason::INVALID,
+            IngestError::Invalid(_) | IngestError::MessageCount(_) => reason::INVALID,
             IngestError::TooLarge { .. } => reason::TOO_LARGE,
             IngestError::Unsupported(_) => reason::UNSUPPORTED,
             IngestError::NoDestination(_) => reason::NO_DESTINATION,
