@@ -7,6 +7,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use otelgate::codec::BytesCodec;
 use otelgate::demo::backend::RecordingBackend;
 use otelgate::export::otlp::{ClientTlsConfig, OtlpExporterConfig, Protocol};
@@ -31,6 +32,13 @@ fn gzip(body: &[u8]) -> Vec<u8> {
 
 fn zstd(body: &[u8]) -> Vec<u8> {
     zstd::encode_all(body, 3).unwrap()
+}
+
+/// The `TRACES` fixture with the second span's span id cut to 4 bytes.
+fn traces_with_a_short_span_id() -> ExportTraceServiceRequest {
+    let mut request = ExportTraceServiceRequest::decode(&fixture(TRACES)[..]).unwrap();
+    request.resource_spans[0].scope_spans[0].spans[1].span_id = vec![1; 4];
+    request
 }
 
 struct HttpCase {
@@ -146,6 +154,16 @@ async fn bad_http_requests_get_specific_errors_and_the_gateway_keeps_serving() {
             body: [zstd(&fixture(TRACES)), b"garbage".to_vec()].concat(),
             status: 400,
             message: "are not a zstd frame",
+        },
+        HttpCase {
+            name: "short span id, protobuf",
+            content_type: protobuf,
+            encoding: None,
+            body: traces_with_a_short_span_id().encode_to_vec(),
+            status: 400,
+            message:
+                "ExportTraceServiceRequest.resource_spans[0].scope_spans[0].spans[1].span_id: \
+                      4 bytes long; must be 8 bytes",
         },
         HttpCase {
             name: "brotli",
@@ -394,6 +412,13 @@ async fn grpc_calls_must_carry_exactly_one_well_framed_message() {
             grpc_frame(true, b"x"),
             Code::Unimplemented,
             "unsupported grpc-encoding `br`",
+        ),
+        refused(
+            "a short span id",
+            &[],
+            grpc_frame(false, &traces_with_a_short_span_id().encode_to_vec()),
+            Code::InvalidArgument,
+            "resource_spans[0].scope_spans[0].spans[1].span_id: 4 bytes long",
         ),
         refused(
             "gRPC with the JSON codec",
