@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use otelgate::codec::BytesCodec;
 use otelgate::demo::backend::RecordingBackend;
 use otelgate::export::otlp::{ClientTlsConfig, OtlpExporterConfig, Protocol};
@@ -40,6 +41,19 @@ fn traces_with_a_short_span_id() -> ExportTraceServiceRequest {
     request.resource_spans[0].scope_spans[0].spans[1].span_id = vec![1; 4];
     request
 }
+
+/// OTLP/JSON as the OpenTelemetry JavaScript SDK writes it: times as numbers, and a NaN
+/// attribute as `null` (what `JSON.stringify` makes of NaN).
+const JAVASCRIPT_JSON: &str = r#"{"resourceSpans":[{"resource":{"attributes":[
+    {"key":"service.name","value":{"stringValue":"js"}}]},
+  "scopeSpans":[{"scope":{"name":"s"},"spans":[{
+    "traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+    "name":"js-span","kind":2,
+    "startTimeUnixNano":1700000000000000000,"endTimeUnixNano":1700000000000000001,
+    "attributes":[{"key":"ratio","value":{"doubleValue":null}},
+                  {"key":"count","value":{"intValue":7}}],
+    "events":[{"timeUnixNano":1700000000000000000,"name":"e"}],
+    "status":{"code":0}}]}]}]}"#;
 
 struct HttpCase {
     name: &'static str,
@@ -166,6 +180,32 @@ async fn bad_http_requests_get_specific_errors_and_the_gateway_keeps_serving() {
                       4 bytes long; must be 8 bytes",
         },
         HttpCase {
+            name: "short span id, JSON",
+            content_type: Some("application/json"),
+            encoding: None,
+            body: serde_json::to_vec(&traces_with_a_short_span_id()).unwrap(),
+            status: 400,
+            message: "resourceSpans[0].scopeSpans[0].spans[1].spanId: 4 bytes long",
+        },
+        HttpCase {
+            name: "two kinds in one AnyValue, JSON",
+            content_type: Some("application/json"),
+            encoding: None,
+            body: JAVASCRIPT_JSON
+                .replace(r#"{"intValue":7}"#, r#"{"intValue":7,"stringValue":"7"}"#)
+                .into_bytes(),
+            status: 400,
+            message: "spans[0].attributes[1].value: `intValue` and `stringValue` are both set",
+        },
+        HttpCase {
+            name: "JSON as the JavaScript SDK writes it",
+            content_type: Some("application/json"),
+            encoding: None,
+            body: JAVASCRIPT_JSON.as_bytes().to_vec(),
+            status: 200,
+            message: "",
+        },
+        HttpCase {
             name: "brotli",
             content_type: protobuf,
             encoding: Some("br"),
@@ -210,9 +250,9 @@ async fn bad_http_requests_get_specific_errors_and_the_gateway_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
-    // Two gzip members and two zstd frames of the fixture, and the fixture once more: every
-    // member and frame was read.
-    let expected = 5 * TRACES_SPANS;
+    // Two gzip members and two zstd frames of the fixture, the JavaScript span, and the
+    // fixture once more: every member and frame was read.
+    let expected = 5 * TRACES_SPANS + 1;
     assert!(backend.wait_for(Signal::Traces, expected, WAIT).await);
     let refused = metric(
         gateway.admin_addr(),
@@ -223,6 +263,21 @@ async fn bad_http_requests_get_specific_errors_and_the_gateway_keeps_serving() {
     assert_eq!(refused, refusals as f64);
     gateway.shutdown().await;
     assert_eq!(backend.items(Signal::Traces), expected);
+    let forwarded: ExportTraceServiceRequest = backend.merged(Signal::Traces);
+    let js = forwarded
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .find(|s| s.name == "js-span")
+        .expect("the JavaScript span was forwarded");
+    assert_eq!(js.start_time_unix_nano, 1_700_000_000_000_000_000);
+    assert_eq!(js.events[0].time_unix_nano, 1_700_000_000_000_000_000);
+    let ratio = js.attributes[0].value.clone().and_then(|v| v.value);
+    assert!(
+        matches!(ratio, Some(Value::DoubleValue(d)) if d.is_nan()),
+        "{ratio:?}"
+    );
 }
 
 #[tokio::test]
