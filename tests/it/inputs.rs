@@ -543,6 +543,35 @@ async fn grpc_calls_must_carry_exactly_one_well_framed_message() {
     assert_eq!(backend.items(Signal::Traces), expected);
 }
 
+/// A request with both Content-Length and Transfer-Encoding (a request-smuggling shape):
+/// hyper frames it by Transfer-Encoding, as RFC 9112 section 6.3 says, answers it and closes
+/// the connection, so bytes after the chunked body are never read as another request.
+#[tokio::test]
+async fn content_length_with_transfer_encoding_closes_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = RecordingBackend::start().await.unwrap();
+    let gateway = start(config_for(&[("b", &backend, Protocol::Grpc)])).await;
+    let mut stream = tokio::net::TcpStream::connect(gateway.http_addr())
+        .await
+        .unwrap();
+    let smuggled = "POST /v1/traces HTTP/1.1\r\nHost: x\r\n\
+                    Content-Type: application/x-protobuf\r\n\
+                    Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+                    0\r\n\r\n\
+                    POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+                    Content-Length: 0\r\n\r\n";
+    stream.write_all(smuggled.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed after the answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+    gateway.shutdown().await;
+}
+
 #[tokio::test]
 async fn bearer_tokens_are_required_on_both_transports() {
     let backend = RecordingBackend::start().await.unwrap();
