@@ -1,6 +1,6 @@
-//! A gRPC codec that moves message bodies as opaque [`Bytes`]. The receiver uses it to keep a
-//! request exactly as the client encoded it (validated separately, never re-encoded) and the
-//! exporter uses it to send that same buffer on, so a request crosses the gateway without a
+//! A gRPC codec that moves message bodies as opaque [`Bytes`]. The exporter uses it to send a
+//! request's buffer on exactly as the client encoded it (the receiver reads gRPC framing
+//! itself, see [`crate::receiver::grpc`]), so a request crosses the gateway without a
 //! protobuf round trip.
 
 use bytes::{Buf, BufMut, Bytes};

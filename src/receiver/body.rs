@@ -1,268 +1,357 @@
-//! Limits on request bodies while they arrive, for both OTLP transports: a deadline for the
-//! whole body (`receiver.connections.body_read_timeout_ms`), and the memory budget, which
-//! every frame is charged to as it comes in. A request's bytes are thus counted from their
-//! first byte, not only once the body is complete: many clients that send most of a large
-//! body and stall cannot hold more memory than the budget.
-//!
-//! A failing body ends with a [`BodyLimitError`], whose source is the `tonic::Status` that
-//! the gRPC receiver answers with (tonic looks for a status in a body error's source chain).
-//! The HTTP receiver turns it into an [`IngestError`](super::IngestError).
+//! Request bodies as both transports read them: collected up to a size limit, then
+//! decompressed up to the same limit. Decompression accepts exactly what the formats allow:
+//! every member of a multi-member gzip stream (what `cat a.gz b.gz` makes) and every frame of
+//! a zstd stream, and nothing after the last one, so a body is never acknowledged with part
+//! of its data.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::io::Read;
 
 use axum::body::Body;
-use axum::Router;
 use bytes::Bytes;
-use http_body::Frame;
-use tonic_types::{ErrorDetails, StatusExt};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use crate::pipeline::{BudgetPermit, MemoryBudget};
+use super::limits::BodyLimitError;
+use super::IngestError;
 
-/// Why a request body was cut short.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyLimitError {
-    #[error("the request body did not arrive within {limit:?} (receiver.connections.body_read_timeout_ms)")]
-    Timeout {
-        limit: Duration,
-        #[source]
-        status: tonic::Status,
-    },
-    #[error("the memory budget of {limit} bytes is in use; retry after {retry_after:?}")]
-    OverBudget {
-        limit: u64,
-        retry_after: Duration,
-        #[source]
-        status: tonic::Status,
-    },
+/// A body's compression, from `Content-Encoding` or `grpc-encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Identity,
+    Gzip,
+    Zstd,
 }
 
-impl BodyLimitError {
-    fn timeout(limit: Duration) -> Self {
-        let status = tonic::Status::deadline_exceeded(format!(
-            "the request body did not arrive within {limit:?}"
-        ));
-        BodyLimitError::Timeout { limit, status }
-    }
-
-    fn over_budget(limit: u64, retry_after: Duration) -> Self {
-        let status = tonic::Status::with_error_details(
-            tonic::Code::ResourceExhausted,
-            format!("the memory budget of {limit} bytes is in use"),
-            ErrorDetails::with_retry_info(Some(retry_after)),
-        );
-        BodyLimitError::OverBudget {
-            limit,
-            retry_after,
-            status,
+impl Compression {
+    /// Parses an encoding header's value; absent, empty and `identity` mean none. `header`
+    /// names the header in the refusal of an unknown encoding.
+    pub fn from_header(header: &str, value: Option<&str>) -> Result<Self, IngestError> {
+        match value.map(str::trim) {
+            None | Some("") => Ok(Compression::Identity),
+            Some(e) if e.eq_ignore_ascii_case("identity") => Ok(Compression::Identity),
+            Some(e) if e.eq_ignore_ascii_case("gzip") => Ok(Compression::Gzip),
+            Some(e) if e.eq_ignore_ascii_case("zstd") => Ok(Compression::Zstd),
+            Some(other) => Err(IngestError::Unsupported(format!(
+                "unsupported {header} `{other}`; use gzip, zstd or none"
+            ))),
         }
-    }
-
-    /// The [`BodyLimitError`] in `error`'s source chain, if any.
-    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyLimitError> {
-        let mut next = Some(error);
-        while let Some(error) = next {
-            if let Some(found) = error.downcast_ref::<BodyLimitError>() {
-                return Some(found);
-            }
-            next = error.source();
-        }
-        None
     }
 }
 
-/// Wraps every request body of `router` in the limits: `deadline` (none when `None`) and
-/// `budget`, refusing with `retry_after` when it is full.
-pub fn limit_bodies(
-    router: Router,
-    deadline: Option<Duration>,
-    budget: MemoryBudget,
-    retry_after: Duration,
-) -> Router {
-    router.layer(axum::middleware::map_request(
-        move |request: axum::extract::Request| {
-            let budget = budget.clone();
-            async move {
-                request.map(|body| {
-                    Body::new(LimitedBody {
-                        inner: body,
-                        deadline: deadline.map(|d| (Box::pin(tokio::time::sleep(d)), d)),
-                        budget,
-                        retry_after,
-                        held: None,
-                        draining: false,
-                    })
-                })
+/// Collects a request body, refusing it as too large as soon as it passes `limit` bytes.
+pub async fn read_limited(body: Body, limit: usize) -> Result<Bytes, IngestError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(IngestError::TooLarge { limit })
+        }
+        Err(error) => match BodyLimitError::find(&*error) {
+            Some(BodyLimitError::Timeout { limit, .. }) => {
+                Err(IngestError::BodyTimeout { limit: *limit })
             }
+            Some(BodyLimitError::OverBudget {
+                limit, retry_after, ..
+            }) => Err(IngestError::Throttled {
+                limit: *limit,
+                retry_after: *retry_after,
+            }),
+            None => Err(IngestError::Invalid(format!(
+                "cannot read request body: {error}"
+            ))),
         },
-    ))
-}
-
-struct LimitedBody {
-    inner: Body,
-    deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
-    budget: MemoryBudget,
-    retry_after: Duration,
-    /// The budget the frames received so far hold, returned when the body is dropped (the
-    /// receiver then charges the request once more, by its decoded size, at admission).
-    held: Option<BudgetPermit>,
-    /// A frame did not fit the budget: the rest of the body is read and dropped, then the
-    /// body ends with the throttling error.
-    draining: bool,
-}
-
-impl LimitedBody {
-    fn over_budget(&self) -> axum::Error {
-        axum::Error::new(BodyLimitError::over_budget(
-            self.budget.limit(),
-            self.retry_after,
-        ))
     }
 }
 
-impl http_body::Body for LimitedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
+/// Decompresses `body`, producing at most `limit` bytes: a larger result is refused as too
+/// large once `limit + 1` bytes are out, so a compression bomb costs no more than that.
+pub fn decompress(
+    compression: Compression,
+    body: Bytes,
+    limit: usize,
+) -> Result<Bytes, IngestError> {
+    let decode = match compression {
+        Compression::Identity if body.len() > limit => return Err(IngestError::TooLarge { limit }),
+        Compression::Identity => return Ok(body),
+        Compression::Gzip => gunzip,
+        Compression::Zstd => unzstd,
+    };
+    let mut out = Vec::with_capacity((body.len() * 4).min(limit + 1));
+    decode(&body, limit, &mut out)?;
+    Ok(out.into())
+}
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        loop {
-            let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) else {
-                break;
-            };
-            if self.draining {
-                // Over budget: the rest is read and dropped, so that the client, once it has
-                // sent its body, reads the throttling answer instead of a broken connection.
-                match frame {
-                    Some(Ok(_)) => continue,
-                    Some(Err(error)) => return Poll::Ready(Some(Err(error))),
-                    None => return Poll::Ready(Some(Err(self.over_budget()))),
-                }
+/// Reads `reader` to its end into `out`, refusing the body once `out` passes `limit`.
+fn read_within(reader: impl Read, limit: usize, out: &mut Vec<u8>) -> Result<(), ReadFailure> {
+    let budget = (limit + 1).saturating_sub(out.len()) as u64;
+    reader
+        .take(budget)
+        .read_to_end(out)
+        .map_err(ReadFailure::Io)?;
+    if out.len() > limit {
+        return Err(ReadFailure::TooLarge);
+    }
+    Ok(())
+}
+
+enum ReadFailure {
+    TooLarge,
+    Io(std::io::Error),
+}
+
+/// Every member of a gzip stream, in order; anything after the last member that is not
+/// another member is refused.
+fn gunzip(body: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), IngestError> {
+    let mut rest = body;
+    loop {
+        let offset = body.len() - rest.len();
+        let mut member = flate2::bufread::GzDecoder::new(rest);
+        read_within(&mut member, limit, out).map_err(|failure| match failure {
+            ReadFailure::TooLarge => IngestError::TooLarge { limit },
+            ReadFailure::Io(e) if offset == 0 => {
+                IngestError::Invalid(format!("cannot decompress gzip body: {e}"))
             }
-            if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-                let len = data.map_or(0, Bytes::len);
-                match self.budget.try_admit(len) {
-                    Some(permit) => match &mut self.held {
-                        Some(held) => held.merge(permit),
-                        None => self.held = Some(permit),
-                    },
-                    // The frames already passed on stay charged: the caller holds them until
-                    // the body ends.
-                    None => {
-                        self.draining = true;
-                        continue;
-                    }
-                }
-            }
-            return Poll::Ready(frame);
+            ReadFailure::Io(e) => IngestError::Invalid(format!(
+                "cannot decompress gzip body: the {} bytes after the gzip member that ends at \
+                 byte {offset} are not a gzip member ({e})",
+                body.len() - offset
+            )),
+        })?;
+        rest = member.into_inner();
+        if rest.is_empty() {
+            return Ok(());
         }
-        let expired = match &mut self.deadline {
-            Some((sleep, limit)) => sleep.as_mut().poll(cx).is_ready().then_some(*limit),
-            None => None,
-        };
-        if let Some(limit) = expired {
-            let error = if self.draining {
-                self.over_budget()
+    }
+}
+
+/// Every frame of a zstd stream (skippable frames included), in order; anything after the
+/// last frame that is not a whole frame is refused.
+fn unzstd(body: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), IngestError> {
+    let mut rest = body;
+    while !rest.is_empty() {
+        let offset = body.len() - rest.len();
+        let not_a_frame = |reason: String| {
+            IngestError::Invalid(if offset == 0 {
+                format!("cannot decompress zstd body: {reason}")
             } else {
-                axum::Error::new(BodyLimitError::timeout(limit))
-            };
-            return Poll::Ready(Some(Err(error)));
-        }
-        Poll::Pending
+                format!(
+                    "cannot decompress zstd body: the {} bytes after the zstd frame that ends \
+                     at byte {offset} are not a zstd frame ({reason})",
+                    rest.len()
+                )
+            })
+        };
+        let size = zstd::zstd_safe::find_frame_compressed_size(rest)
+            .map_err(|code| not_a_frame(zstd::zstd_safe::get_error_name(code).to_owned()))?;
+        let (frame, tail) = rest.split_at(size);
+        let decoder = zstd::stream::read::Decoder::with_buffer(frame)
+            .map_err(|e| not_a_frame(e.to_string()))?
+            .single_frame();
+        read_within(decoder, limit, out).map_err(|failure| match failure {
+            ReadFailure::TooLarge => IngestError::TooLarge { limit },
+            ReadFailure::Io(e) => not_a_frame(e.to_string()),
+        })?;
+        rest = tail;
     }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
     use super::*;
-    use http_body_util::BodyExt;
 
-    type Sender = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
+    const LIMIT: usize = 1000;
 
-    /// A body whose frames the test sends one at a time.
-    fn channel_body() -> (Sender, Body) {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        (tx, Body::new(http_body_util::StreamBody::new(stream)))
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
     }
 
-    fn limited(body: Body, budget: &MemoryBudget, deadline: Option<Duration>) -> LimitedBody {
-        LimitedBody {
-            inner: body,
-            deadline: deadline.map(|d| (Box::pin(tokio::time::sleep(d)), d)),
-            budget: budget.clone(),
-            retry_after: Duration::from_secs(1),
-            held: None,
-            draining: false,
+    fn zstd(data: &[u8]) -> Vec<u8> {
+        zstd::encode_all(data, 3).unwrap()
+    }
+
+    /// A zstd skippable frame: magic 0x184D2A50, a 4-byte length, then that many bytes.
+    fn skippable(payload: &[u8]) -> Vec<u8> {
+        let mut frame = 0x184D_2A50u32.to_le_bytes().to_vec();
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    enum Expect {
+        Ok(&'static [u8]),
+        TooLarge,
+        Invalid(&'static str),
+    }
+
+    #[track_caller]
+    fn check(name: &str, compression: Compression, body: Vec<u8>, expect: Expect) {
+        let result = decompress(compression, body.into(), LIMIT);
+        match (expect, result) {
+            (Expect::Ok(want), Ok(got)) => assert_eq!(&got[..], want, "{name}"),
+            (Expect::TooLarge, Err(IngestError::TooLarge { limit: LIMIT })) => {}
+            (Expect::Invalid(text), Err(IngestError::Invalid(message))) => {
+                assert!(message.contains(text), "{name}: {message}")
+            }
+            (_, other) => panic!("{name}: unexpected {other:?}"),
         }
     }
 
-    #[tokio::test]
-    async fn frames_hold_the_budget_until_the_body_is_dropped() {
-        let budget = MemoryBudget::new(100);
-        let (tx, body) = channel_body();
-        let mut body = limited(body, &budget, None);
-        tx.try_send(Ok(Frame::data(Bytes::from(vec![0u8; 60]))))
-            .unwrap();
-        let frame = body.frame().await.unwrap().unwrap();
-        assert_eq!(frame.data_ref().unwrap().len(), 60);
-        assert_eq!(budget.used(), 60);
-        // After a frame that does not fit, the rest of the body is read and dropped, and the
-        // body ends with a throttling error; what was passed on stays charged until then.
-        tx.try_send(Ok(Frame::data(Bytes::from(vec![0u8; 50]))))
-            .unwrap();
-        tx.try_send(Ok(Frame::data(Bytes::from(vec![0u8; 500]))))
-            .unwrap();
-        let pending = tokio::time::timeout(Duration::from_millis(50), body.frame()).await;
-        assert!(
-            pending.is_err(),
-            "the body ends only once the client has sent it all"
-        );
-        assert_eq!(budget.used(), 60, "dropped frames are not charged");
-        drop(tx);
-        let error = body.frame().await.unwrap().unwrap_err();
-        let found = BodyLimitError::find(&error).expect("a BodyLimitError");
-        assert!(matches!(
-            found,
-            BodyLimitError::OverBudget { limit: 100, .. }
-        ));
-        let status = tonic::Status::from_error(Box::new(error));
-        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-        assert!(status.get_error_details().retry_info().is_some());
-        drop(body);
-        assert_eq!(budget.used(), 0);
-        let mut body = limited(Body::from(vec![1u8; 40]), &budget, None);
-        body.frame().await.unwrap().unwrap();
-        assert_eq!(budget.used(), 40);
-        drop(body);
-        assert_eq!(budget.used(), 0);
+    #[test]
+    fn decompression_takes_every_member_and_frame_and_nothing_after() {
+        use Compression::{Gzip, Identity, Zstd};
+        let cases: Vec<(&str, Compression, Vec<u8>, Expect)> = vec![
+            (
+                "identity",
+                Identity,
+                b"hello".to_vec(),
+                Expect::Ok(b"hello"),
+            ),
+            (
+                "identity too large",
+                Identity,
+                vec![0; LIMIT + 1],
+                Expect::TooLarge,
+            ),
+            ("gzip", Gzip, gzip(b"hello"), Expect::Ok(b"hello")),
+            (
+                "two gzip members",
+                Gzip,
+                [gzip(b"hello "), gzip(b"world")].concat(),
+                Expect::Ok(b"hello world"),
+            ),
+            (
+                "three gzip members, one empty",
+                Gzip,
+                [gzip(b"a"), gzip(b""), gzip(b"b")].concat(),
+                Expect::Ok(b"ab"),
+            ),
+            (
+                "gzip then garbage",
+                Gzip,
+                [gzip(b"hello"), b"garbage".to_vec()].concat(),
+                Expect::Invalid("the 7 bytes after the gzip member that ends at byte"),
+            ),
+            (
+                "gzip then zeros",
+                Gzip,
+                [gzip(b"hello"), vec![0; 4]].concat(),
+                Expect::Invalid("are not a gzip member"),
+            ),
+            (
+                "gzip then a cut member",
+                Gzip,
+                [gzip(b"hello"), gzip(b"world")[..12].to_vec()].concat(),
+                Expect::Invalid("are not a gzip member"),
+            ),
+            (
+                "cut gzip",
+                Gzip,
+                gzip(b"hello")[..10].to_vec(),
+                Expect::Invalid("cannot decompress gzip body"),
+            ),
+            (
+                "not gzip",
+                Gzip,
+                b"not gzip".to_vec(),
+                Expect::Invalid("cannot decompress gzip body"),
+            ),
+            (
+                "gzip members together over the limit",
+                Gzip,
+                [gzip(&[1; 600]), gzip(&[2; 600])].concat(),
+                Expect::TooLarge,
+            ),
+            ("zstd", Zstd, zstd(b"hello"), Expect::Ok(b"hello")),
+            (
+                "two zstd frames",
+                Zstd,
+                [zstd(b"hello "), zstd(b"world")].concat(),
+                Expect::Ok(b"hello world"),
+            ),
+            (
+                "zstd with a skippable frame",
+                Zstd,
+                [zstd(b"a"), skippable(b"meta"), zstd(b"b")].concat(),
+                Expect::Ok(b"ab"),
+            ),
+            (
+                "zstd then garbage",
+                Zstd,
+                [zstd(b"hello"), b"garbage".to_vec()].concat(),
+                Expect::Invalid("the 7 bytes after the zstd frame that ends at byte"),
+            ),
+            (
+                "zstd then a cut frame",
+                Zstd,
+                [zstd(b"hello"), zstd(b"world")[..6].to_vec()].concat(),
+                Expect::Invalid("are not a zstd frame"),
+            ),
+            (
+                "not zstd",
+                Zstd,
+                b"not zstd".to_vec(),
+                Expect::Invalid("cannot decompress zstd body"),
+            ),
+            (
+                "zstd frames together over the limit",
+                Zstd,
+                [zstd(&[1; 600]), zstd(&[2; 600])].concat(),
+                Expect::TooLarge,
+            ),
+        ];
+        for (name, compression, body, expect) in cases {
+            check(name, compression, body, expect);
+        }
     }
 
-    #[tokio::test]
-    async fn a_body_past_its_deadline_ends_with_deadline_exceeded() {
-        let budget = MemoryBudget::new(100);
-        let (_tx, body) = channel_body();
-        let mut body = limited(body, &budget, Some(Duration::from_millis(50)));
-        let error = body.frame().await.unwrap().unwrap_err();
-        assert!(matches!(
-            BodyLimitError::find(&error),
-            Some(BodyLimitError::Timeout { .. })
-        ));
-        assert_eq!(
-            tonic::Status::from_error(Box::new(error)).code(),
-            tonic::Code::DeadlineExceeded
-        );
+    /// Bombs stop at the limit, in one member or spread over many, and quickly.
+    #[test]
+    fn compression_bombs_stop_at_the_limit() {
+        let one = gzip(&vec![0u8; 10_000_000]);
+        assert!(one.len() < 20_000);
+        let member = gzip(&vec![0u8; 100_000]);
+        let many: Vec<u8> = std::iter::repeat_n(&member[..], 100)
+            .flatten()
+            .copied()
+            .collect();
+        let zstd_bomb = zstd(&vec![0u8; 10_000_000]);
+        for (name, compression, body) in [
+            ("gzip", Compression::Gzip, one),
+            ("gzip members", Compression::Gzip, many),
+            ("zstd", Compression::Zstd, zstd_bomb),
+        ] {
+            let started = Instant::now();
+            check(name, compression, body, Expect::TooLarge);
+            assert!(
+                started.elapsed() < Duration::from_millis(100),
+                "{name}: {:?}",
+                started.elapsed()
+            );
+        }
+    }
+
+    #[test]
+    fn encodings_are_parsed_from_headers() {
+        for (value, expected) in [
+            (None, Some(Compression::Identity)),
+            (Some(""), Some(Compression::Identity)),
+            (Some("identity"), Some(Compression::Identity)),
+            (Some(" GZIP "), Some(Compression::Gzip)),
+            (Some("zstd"), Some(Compression::Zstd)),
+            (Some("br"), None),
+        ] {
+            let parsed = Compression::from_header("Content-Encoding", value);
+            match (expected, parsed) {
+                (Some(want), Ok(got)) => assert_eq!(want, got, "{value:?}"),
+                (None, Err(IngestError::Unsupported(message))) => {
+                    assert!(message.contains("Content-Encoding `br`"), "{message}")
+                }
+                (_, other) => panic!("{value:?}: {other:?}"),
+            }
+        }
     }
 }

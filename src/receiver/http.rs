@@ -12,10 +12,9 @@ use axum::Router;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use prost::Message;
 
-use super::body::BodyLimitError;
+use super::body::{read_limited, Compression};
 use super::{record_refusal, BodyFormat, Ingest, IngestError, Transport};
 use crate::Signal;
 
@@ -50,11 +49,12 @@ async fn export(ingest: Arc<Ingest>, signal: Signal, headers: HeaderMap, body: B
                     .map(|v| String::from_utf8_lossy(v.as_bytes())),
             ))
         })?;
-        let body = read_body(body, ingest.max_request_bytes()).await?;
         let encoding = headers
             .get(CONTENT_ENCODING)
             .map(|v| v.to_str().unwrap_or("<not ascii>"));
-        let body = ingest.decompress(encoding, body)?;
+        let compression = Compression::from_header("Content-Encoding", encoding)?;
+        let body = read_limited(body, ingest.max_request_bytes()).await?;
+        let body = ingest.decompress(compression, body)?;
         ingest.accept(signal, Transport::Http, format, body).await
     }
     .await;
@@ -80,29 +80,6 @@ fn body_format(headers: &HeaderMap) -> Option<BodyFormat> {
     }
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, IngestError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(IngestError::TooLarge { limit })
-        }
-        Err(error) => match super::body::BodyLimitError::find(&*error) {
-            Some(BodyLimitError::Timeout { limit, .. }) => {
-                Err(IngestError::BodyTimeout { limit: *limit })
-            }
-            Some(BodyLimitError::OverBudget {
-                limit, retry_after, ..
-            }) => Err(IngestError::Throttled {
-                limit: *limit,
-                retry_after: *retry_after,
-            }),
-            None => Err(IngestError::Invalid(format!(
-                "cannot read request body: {error}"
-            ))),
-        },
-    }
-}
-
 /// An empty `Export*ServiceResponse` (full success) in the request's encoding.
 fn success(format: BodyFormat) -> Response {
     match format {
@@ -114,7 +91,7 @@ fn success(format: BodyFormat) -> Response {
 fn failure(format: BodyFormat, error: &IngestError) -> Response {
     let status = match error {
         IngestError::Unauthenticated => StatusCode::UNAUTHORIZED,
-        IngestError::Invalid(_) => StatusCode::BAD_REQUEST,
+        IngestError::Invalid(_) | IngestError::MessageCount(_) => StatusCode::BAD_REQUEST,
         IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         IngestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         IngestError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

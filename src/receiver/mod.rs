@@ -6,8 +6,8 @@
 pub mod body;
 pub mod grpc;
 pub mod http;
+pub mod limits;
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,6 +149,9 @@ pub enum IngestError {
     Unauthenticated,
     #[error("{0}")]
     Invalid(String),
+    /// A unary gRPC call with no message or more than one (gRPC's "cardinality violation").
+    #[error("{0}")]
+    MessageCount(String),
     #[error("request exceeds the limit of {limit} bytes (receiver.max_request_bytes) after decompression")]
     TooLarge { limit: usize },
     #[error("the request body did not arrive within {limit:?} (receiver.connections.body_read_timeout_ms)")]
@@ -185,7 +188,7 @@ impl IngestError {
     pub fn reason(&self) -> &'static str {
         match self {
             IngestError::Unauthenticated => reason::UNAUTHENTICATED,
-            IngestError::Invalid(_) => reason::INVALID,
+            IngestError::Invalid(_) | IngestError::MessageCount(_) => reason::INVALID,
             IngestError::TooLarge { .. } => reason::TOO_LARGE,
             IngestError::BodyTimeout { .. } => reason::BODY_TIMEOUT,
             IngestError::Unsupported(_) => reason::UNSUPPORTED,
@@ -262,18 +265,6 @@ impl Ingest {
         self.max_request_bytes
     }
 
-    pub fn budget_limit(&self) -> u64 {
-        self.budget.limit()
-    }
-
-    pub fn retry_after(&self) -> Duration {
-        self.retry_after
-    }
-
-    pub fn body_read_timeout(&self) -> Duration {
-        self.body_read_timeout
-    }
-
     /// OTLP/JSON to protobuf. A large document takes milliseconds of CPU and several times
     /// its size in memory: it is converted off the async workers (which would otherwise stall
     /// every other client meanwhile), at most one per core at a time, and its size is charged
@@ -304,11 +295,11 @@ impl Ingest {
             .map_err(|e| IngestError::Invalid(e.to_string()))
     }
 
-    /// Wraps the request bodies of a receiver's `router` in the limits of [`body`]: the body
-    /// deadline and the memory budget.
+    /// Wraps the request bodies of a receiver's `router` in the limits of [`limits`]: the
+    /// body deadline and the memory budget.
     pub fn limit_bodies(&self, router: axum::Router) -> axum::Router {
         let deadline = (!self.body_read_timeout.is_zero()).then_some(self.body_read_timeout);
-        body::limit_bodies(router, deadline, self.budget.clone(), self.retry_after)
+        limits::limit_bodies(router, deadline, self.budget.clone(), self.retry_after)
     }
 
     /// Checks an `Authorization` header value against the configured tokens.
@@ -331,39 +322,13 @@ impl Ingest {
         matched.then_some(()).ok_or(IngestError::Unauthenticated)
     }
 
-    /// Decompresses `body` (`gzip`, `zstd` or identity), stopping at the request size limit.
-    pub fn decompress(&self, encoding: Option<&str>, body: Bytes) -> Result<Bytes, IngestError> {
-        let limit = self.max_request_bytes;
-        let reader: Box<dyn Read + '_> = match encoding.map(str::trim) {
-            None | Some("") | Some("identity") => {
-                return if body.len() > limit {
-                    Err(IngestError::TooLarge { limit })
-                } else {
-                    Ok(body)
-                };
-            }
-            Some(e) if e.eq_ignore_ascii_case("gzip") => {
-                Box::new(flate2::read::GzDecoder::new(&body[..]))
-            }
-            Some(e) if e.eq_ignore_ascii_case("zstd") => Box::new(
-                zstd::stream::read::Decoder::new(&body[..])
-                    .map_err(|e| IngestError::Invalid(format!("invalid zstd body: {e}")))?,
-            ),
-            Some(other) => {
-                return Err(IngestError::Unsupported(format!(
-                    "unsupported Content-Encoding `{other}`; use gzip, zstd or none"
-                )))
-            }
-        };
-        let mut out = Vec::with_capacity((body.len() * 4).min(limit + 1));
-        reader
-            .take(limit as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| IngestError::Invalid(format!("cannot decompress body: {e}")))?;
-        if out.len() > limit {
-            return Err(IngestError::TooLarge { limit });
-        }
-        Ok(out.into())
+    /// Decompresses `body`, stopping at the request size limit (see [`body::decompress`]).
+    pub fn decompress(
+        &self,
+        compression: body::Compression,
+        body: Bytes,
+    ) -> Result<Bytes, IngestError> {
+        body::decompress(compression, body, self.max_request_bytes)
     }
 
     /// Validates a decompressed body, admits it against the memory budget and queues it for
@@ -470,8 +435,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
     use super::*;
 
     fn ingest(tokens: &[&str]) -> Arc<Ingest> {
@@ -505,35 +468,5 @@ mod tests {
         ] {
             assert_eq!(closed.authorize(header).is_ok(), ok, "{header:?}");
         }
-    }
-
-    #[test]
-    fn decompression_stops_at_the_limit() {
-        let ingest = ingest(&[]);
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        gz.write_all(&vec![0u8; 10_000_000]).unwrap();
-        let bomb = Bytes::from(gz.finish().unwrap());
-        assert!(bomb.len() < 20_000);
-        assert!(matches!(
-            ingest.decompress(Some("gzip"), bomb),
-            Err(IngestError::TooLarge { limit: 1000 })
-        ));
-        let small = zstd::encode_all(&b"hello"[..], 3).unwrap();
-        assert_eq!(
-            &ingest.decompress(Some("zstd"), small.into()).unwrap()[..],
-            b"hello"
-        );
-        assert!(matches!(
-            ingest.decompress(Some("gzip"), Bytes::from_static(b"not gzip")),
-            Err(IngestError::Invalid(_))
-        ));
-        assert!(matches!(
-            ingest.decompress(Some("br"), Bytes::from_static(b"x")),
-            Err(IngestError::Unsupported(_))
-        ));
-        assert!(matches!(
-            ingest.decompress(None, Bytes::from(vec![0u8; 1001])),
-            Err(IngestError::TooLarge { .. })
-        ));
     }
 }

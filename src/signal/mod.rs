@@ -2,17 +2,16 @@
 //! HTTP path, how to validate a request body and how many items (spans, data points, log
 //! records) it carries. Everything else in the crate is written once, generic over [`Signal`].
 
+mod json;
+#[cfg(test)]
+mod testing;
 pub(crate) mod wire;
+pub use json::JsonError;
 pub use wire::WireError;
 
 use std::fmt;
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::{
-    logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
-    trace::v1::ExportTraceServiceRequest,
-};
-use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use prost::Message;
 use serde::Deserialize;
 
@@ -34,10 +33,7 @@ pub enum DecodeError {
         source: wire::WireError,
     },
     #[error("invalid OTLP/JSON for {signal}: {source}")]
-    Json {
-        signal: Signal,
-        source: serde_json::Error,
-    },
+    Json { signal: Signal, source: JsonError },
 }
 
 impl Signal {
@@ -89,104 +85,42 @@ impl Signal {
         }
     }
 
-    /// Validates a protobuf `Export*ServiceRequest` body and counts its items, without
-    /// decoding it (see [`wire`]): it accepts what `prost` would decode.
-    pub fn count_protobuf(self, body: &[u8]) -> Result<u64, DecodeError> {
-        let message = match self {
+    /// The request message of this signal's `Export` method.
+    fn request(self) -> wire::Msg {
+        match self {
             Signal::Traces => wire::Msg::ExportTraces,
             Signal::Metrics => wire::Msg::ExportMetrics,
             Signal::Logs => wire::Msg::ExportLogs,
-        };
-        wire::validate(message, body).map_err(|source| DecodeError::Protobuf {
-            signal: self,
-            source,
-        })
-    }
-
-    /// Decodes a protobuf body with `prost` and counts its items: what
-    /// [`Signal::count_protobuf`] must agree with.
-    #[cfg(test)]
-    fn count_decoded(self, body: &[u8]) -> Result<u64, prost::DecodeError> {
-        match self {
-            Signal::Traces => count::<ExportTraceServiceRequest>(body),
-            Signal::Metrics => count::<ExportMetricsServiceRequest>(body),
-            Signal::Logs => count::<ExportLogsServiceRequest>(body),
         }
     }
 
-    /// Parses an OTLP/JSON body and returns it as protobuf, with its item count. Protobuf is
-    /// the one form the pipeline carries, so JSON is converted exactly once, here.
-    pub fn json_to_protobuf(self, body: &[u8]) -> Result<(Bytes, u64), DecodeError> {
-        let converted = match self {
-            Signal::Traces => from_json::<ExportTraceServiceRequest>(body),
-            Signal::Metrics => from_json::<ExportMetricsServiceRequest>(body),
-            Signal::Logs => from_json::<ExportLogsServiceRequest>(body),
-        };
-        converted.map_err(|source| DecodeError::Json {
+    /// Validates a protobuf `Export*ServiceRequest` body and counts its items, without
+    /// decoding it (see [`wire`]): it accepts what `prost` would decode, provided that its
+    /// trace and span ids have the lengths OTLP gives them.
+    pub fn count_protobuf(self, body: &[u8]) -> Result<u64, DecodeError> {
+        wire::validate(self.request(), body).map_err(|source| DecodeError::Protobuf {
             signal: self,
             source,
         })
     }
-}
 
-/// What the three `Export*ServiceRequest` types share.
-trait ExportRequest: Message + Default + serde::de::DeserializeOwned {
-    /// Spans, metric data points or log records.
-    fn items(&self) -> u64;
-}
-
-#[cfg(test)]
-fn count<R: ExportRequest>(body: &[u8]) -> Result<u64, prost::DecodeError> {
-    Ok(R::decode(body)?.items())
-}
-
-fn from_json<R: ExportRequest>(body: &[u8]) -> Result<(Bytes, u64), serde_json::Error> {
-    let request: R = serde_json::from_slice(body)?;
-    Ok((request.encode_to_vec().into(), request.items()))
+    /// Parses an OTLP/JSON body and returns it as protobuf, with its item count. Protobuf is
+    /// the one form the pipeline carries, so JSON is converted exactly once, here (see
+    /// [`json`]), and then counted and checked like any protobuf body.
+    pub fn json_to_protobuf(self, body: &[u8]) -> Result<(Bytes, u64), DecodeError> {
+        let protobuf =
+            json::to_protobuf(self.request(), body).map_err(|source| DecodeError::Json {
+                signal: self,
+                source,
+            })?;
+        let items = self.count_protobuf(&protobuf)?;
+        Ok((protobuf.into(), items))
+    }
 }
 
 impl fmt::Display for Signal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl ExportRequest for ExportTraceServiceRequest {
-    fn items(&self) -> u64 {
-        self.resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len() as u64)
-            .sum()
-    }
-}
-
-impl ExportRequest for ExportLogsServiceRequest {
-    fn items(&self) -> u64 {
-        self.resource_logs
-            .iter()
-            .flat_map(|r| &r.scope_logs)
-            .map(|s| s.log_records.len() as u64)
-            .sum()
-    }
-}
-
-/// Metrics are counted in data points, the unit OTLP's `partial_success` uses.
-impl ExportRequest for ExportMetricsServiceRequest {
-    fn items(&self) -> u64 {
-        self.resource_metrics
-            .iter()
-            .flat_map(|r| &r.scope_metrics)
-            .flat_map(|s| &s.metrics)
-            .map(|m| match &m.data {
-                Some(Data::Gauge(g)) => g.data_points.len() as u64,
-                Some(Data::Sum(s)) => s.data_points.len() as u64,
-                Some(Data::Histogram(h)) => h.data_points.len() as u64,
-                Some(Data::ExponentialHistogram(h)) => h.data_points.len() as u64,
-                Some(Data::Summary(s)) => s.data_points.len() as u64,
-                None => 0,
-            })
-            .sum()
     }
 }
 

@@ -10,6 +10,12 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::{
+    ExponentialHistogram, ExponentialHistogramDataPoint, Histogram, HistogramDataPoint,
+};
+use otelgate::demo::generator::kv_str;
 use otelgate::Signal;
 use prost::Message;
 
@@ -130,8 +136,46 @@ async fn official_json_examples_are_accepted_and_forwarded() {
         assert_eq!(response.text().await.unwrap(), "{}");
     }
     let traces: ExportTraceServiceRequest = serde_json::from_slice(&fixture(cases[0].1)).unwrap();
-    let metrics: ExportMetricsServiceRequest =
+    let mut metrics: ExportMetricsServiceRequest =
         serde_json::from_slice(&fixture(cases[1].1)).unwrap();
+    // opentelemetry-proto's serde support reads 64-bit counts only as JSON numbers and drops
+    // the whole `data` of a metric that writes them as strings, as these two do (and OTLP/JSON
+    // asks): their points are written out here.
+    let time = 1_544_712_660_300_000_000;
+    let listed = &mut metrics.resource_metrics[0].scope_metrics[0].metrics;
+    listed[2].data = Some(Data::Histogram(Histogram {
+        data_points: vec![HistogramDataPoint {
+            attributes: vec![kv_str("my.histogram.attr", "some value")],
+            start_time_unix_nano: time,
+            time_unix_nano: time,
+            count: 2,
+            sum: Some(2.0),
+            bucket_counts: vec![1, 1],
+            explicit_bounds: vec![1.0],
+            min: Some(0.0),
+            max: Some(2.0),
+            ..Default::default()
+        }],
+        aggregation_temporality: 1,
+    }));
+    listed[3].data = Some(Data::ExponentialHistogram(ExponentialHistogram {
+        data_points: vec![ExponentialHistogramDataPoint {
+            attributes: vec![kv_str("my.exponential.histogram.attr", "some value")],
+            start_time_unix_nano: time,
+            time_unix_nano: time,
+            count: 3,
+            sum: Some(10.0),
+            zero_count: 1,
+            positive: Some(Buckets {
+                offset: 1,
+                bucket_counts: vec![0, 2],
+            }),
+            min: Some(0.0),
+            max: Some(5.0),
+            ..Default::default()
+        }],
+        aggregation_temporality: 1,
+    }));
     let mut logs: ExportLogsServiceRequest = serde_json::from_slice(&fixture(cases[2].1)).unwrap();
     let events: ExportLogsServiceRequest = serde_json::from_slice(&fixture(cases[3].1)).unwrap();
     logs.resource_logs.extend(events.resource_logs);

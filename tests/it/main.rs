@@ -123,6 +123,67 @@ pub async fn grpc_export(
         .map(|_| ())
 }
 
+/// What a gRPC server answered to a raw call: the HTTP status and headers, and the gRPC
+/// status from the trailers (or from the headers of a trailers-only answer).
+pub struct RawGrpcAnswer {
+    pub http: u16,
+    pub headers: http::HeaderMap,
+    pub status: Option<tonic::Status>,
+}
+
+/// Posts `body` as-is to the gateway's `Export` method of `signal`, with `content-type:
+/// application/grpc` unless `headers` sets another, so that tests control the framing.
+pub async fn grpc_raw(
+    addr: SocketAddr,
+    signal: Signal,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> RawGrpcAnswer {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut request = http::Request::post(format!("http://{addr}{}", signal.grpc_path()))
+        .header("te", "trailers");
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        request = request.header("content-type", "application/grpc");
+    }
+    for (key, value) in headers {
+        request = request.header(*key, *value);
+    }
+    let request = request
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            Bytes::from(body),
+        )))
+        .unwrap();
+    let response = channel.oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.unwrap();
+    let status = collected
+        .trailers()
+        .and_then(tonic::Status::from_header_map)
+        .or_else(|| tonic::Status::from_header_map(&parts.headers));
+    RawGrpcAnswer {
+        http: parts.status.as_u16(),
+        headers: parts.headers,
+        status,
+    }
+}
+
+/// A gRPC length-prefixed message: the compressed flag, the big-endian length, the bytes.
+pub fn grpc_frame(compressed: bool, message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![u8::from(compressed)];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
 /// Reads a fixture shipped with the repository's shared material.
 pub fn fixture(path: &str) -> Vec<u8> {
     let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));

@@ -739,7 +739,9 @@ mod tests {
         }
         attributes.push(len(9, &len(1, b"only a key")));
         attributes.push(len(9, b""));
-        let body = len(1, &len(2, &len(2, &attributes.concat())));
+        // A span's ids, which validation requires.
+        let ids = [len(1, &[1; 16]), len(2, &[2; 8])].concat();
+        let body = len(1, &len(2, &len(2, &[ids, attributes.concat()].concat())));
         assert!(Signal::Traces.count_protobuf(&body).is_ok());
         assert_eq!(spans_by_view(&body).unwrap(), spans_by_prost(&body));
     }
@@ -751,6 +753,8 @@ mod tests {
         use crate::signal::wire::encoding::{key, len_field as len};
         let attribute = |value: &[u8]| len(9, &[len(1, b"k"), len(2, value)].concat());
         let span = [
+            len(1, &[1; 16]),
+            len(2, &[2; 8]),
             len(5, b"first"),
             len(15, &[key(3, 0), vec![2]].concat()),
             len(15, &len(2, b"message")),
