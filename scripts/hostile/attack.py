@@ -1,3 +1,5 @@
+# Load script for docs/BENCHMARKS.md ("Hostile clients"): N connections each send 4 MiB minus
+# one byte of a 4 MiB OTLP/HTTP body and stall; prints the gateway's RSS. Args: HTTP port, N, gateway pid.
 import socket, sys, time, os, threading
 port=int(sys.argv[1]); n=int(sys.argv[2]); pid=int(sys.argv[3])
 def rss():
