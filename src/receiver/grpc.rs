@@ -104,13 +104,13 @@ async fn receive(ingest: &Ingest, request: Request) -> Result<Bytes, Refusal> {
             other => other,
         })?;
     let message = match unary_message(body)? {
-        (false, message) => ingest.decompress(Compression::Identity, message)?,
+        (false, message) => ingest.decompress(Compression::Identity, message).await?,
         (true, _) if compression == Compression::Identity => {
             return Err(Refusal::Grpc(IngestError::Invalid(
                 "the gRPC message is marked compressed but the call has no grpc-encoding".into(),
             )))
         }
-        (true, message) => ingest.decompress(compression, message)?,
+        (true, message) => ingest.decompress(compression, message).await?,
     };
     Ok(message)
 }

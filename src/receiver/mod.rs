@@ -224,12 +224,13 @@ pub struct Ingest {
     retry_after: Duration,
     /// `receiver.connections.body_read_timeout_ms`; zero for none.
     body_read_timeout: Duration,
-    /// Large JSON documents being converted, one per core.
-    json_slots: tokio::sync::Semaphore,
+    /// Large JSON documents being converted and large bodies being decompressed, one per core.
+    decode_slots: tokio::sync::Semaphore,
 }
 
-/// JSON documents smaller than this are converted on the async worker (tens of microseconds).
-const INLINE_JSON_BYTES: usize = 64 * 1024;
+/// JSON documents and compressed bodies smaller than this are decoded on the async worker
+/// (tens of microseconds).
+const INLINE_DECODE_BYTES: usize = 64 * 1024;
 
 impl Ingest {
     pub fn new(
@@ -255,7 +256,7 @@ impl Ingest {
             max_request_bytes: config.max_request_bytes,
             retry_after,
             body_read_timeout: Duration::from_millis(config.connections.body_read_timeout_ms),
-            json_slots: tokio::sync::Semaphore::new(
+            decode_slots: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
         })
@@ -270,7 +271,7 @@ impl Ingest {
     /// every other client meanwhile), at most one per core at a time, and its size is charged
     /// to the memory budget while it is converted. Small documents are converted in place.
     async fn convert_json(&self, signal: Signal, body: Bytes) -> Result<(Bytes, u64), IngestError> {
-        if body.len() < INLINE_JSON_BYTES {
+        if body.len() < INLINE_DECODE_BYTES {
             return signal
                 .json_to_protobuf(&body)
                 .map_err(|e| IngestError::Invalid(e.to_string()));
@@ -282,13 +283,7 @@ impl Ingest {
                 limit: self.budget.limit(),
                 retry_after: self.retry_after,
             })?;
-        let _slot = self
-            .json_slots
-            .acquire()
-            .await
-            .map_err(|_| IngestError::ShuttingDown {
-                retry_after: self.retry_after,
-            })?;
+        let _slot = self.decode_slot().await?;
         tokio::task::spawn_blocking(move || signal.json_to_protobuf(&body))
             .await
             .map_err(|e| IngestError::Invalid(format!("JSON conversion failed: {e}")))?
@@ -323,12 +318,32 @@ impl Ingest {
     }
 
     /// Decompresses `body`, stopping at the request size limit (see [`body::decompress`]).
-    pub fn decompress(
+    /// Like a large JSON document, a large compressed body is decompressed off the async
+    /// workers, one per core at a time: its output (up to `max_request_bytes`) is not charged
+    /// to the budget, so this also bounds how much of it exists at once.
+    pub async fn decompress(
         &self,
         compression: body::Compression,
         body: Bytes,
     ) -> Result<Bytes, IngestError> {
-        body::decompress(compression, body, self.max_request_bytes)
+        let limit = self.max_request_bytes;
+        if compression == body::Compression::Identity || body.len() < INLINE_DECODE_BYTES {
+            return body::decompress(compression, body, limit);
+        }
+        let _slot = self.decode_slot().await?;
+        tokio::task::spawn_blocking(move || body::decompress(compression, body, limit))
+            .await
+            .map_err(|e| IngestError::Invalid(format!("decompression failed: {e}")))?
+    }
+
+    /// One of the slots (one per core) for CPU-heavy decoding off the async workers.
+    async fn decode_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, IngestError> {
+        self.decode_slots
+            .acquire()
+            .await
+            .map_err(|_| IngestError::ShuttingDown {
+                retry_after: self.retry_after,
+            })
     }
 
     /// Validates a decompressed body, admits it against the memory budget and queues it for
