@@ -37,6 +37,18 @@ fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bool
     (got, false)
 }
 
+/// An in-process gateway forwarding to a recording backend, with `connections` adjusted.
+async fn gateway_with(
+    connections: impl FnOnce(&mut otelgate::net::ConnectionConfig),
+) -> (otelgate::Gateway, otelgate::demo::backend::RecordingBackend) {
+    let backend = otelgate::demo::backend::RecordingBackend::start()
+        .await
+        .unwrap();
+    let mut config = config_for(&[("b", &backend, otelgate::export::otlp::Protocol::Grpc)]);
+    connections(&mut config.receiver.connections);
+    (start(config).await, backend)
+}
+
 async fn http_post_works(addr: SocketAddr) {
     let response = reqwest::Client::new()
         .post(format!("http://{addr}/v1/traces"))
@@ -51,15 +63,13 @@ async fn http_post_works(addr: SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_slow_header_and_slow_body_connections_are_ended() {
-    let backend = otelgate::demo::backend::RecordingBackend::start()
-        .await
-        .unwrap();
-    let mut config = config_for(&[("b", &backend, otelgate::export::otlp::Protocol::Grpc)]);
-    config.receiver.connections.idle_timeout_ms = 400;
-    config.receiver.connections.header_read_timeout_ms = 400;
-    config.receiver.connections.body_read_timeout_ms = 600;
-    config.receiver.connections.max_connection_age_grace_ms = 300;
-    let gateway = start(config).await;
+    let (gateway, _backend) = gateway_with(|c| {
+        c.idle_timeout_ms = 400;
+        c.header_read_timeout_ms = 400;
+        c.body_read_timeout_ms = 600;
+        c.max_connection_age_grace_ms = 300;
+    })
+    .await;
     let (http, grpc, admin) = (
         gateway.http_addr(),
         gateway.grpc_addr(),
@@ -159,12 +169,7 @@ async fn idle_slow_header_and_slow_body_connections_are_ended() {
 /// and once the connections go, the waiting client is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_limit_holds_and_recovers() {
-    let backend = otelgate::demo::backend::RecordingBackend::start()
-        .await
-        .unwrap();
-    let mut config = config_for(&[("b", &backend, otelgate::export::otlp::Protocol::Grpc)]);
-    config.receiver.connections.max_connections = 20;
-    let gateway = start(config).await;
+    let (gateway, _backend) = gateway_with(|c| c.max_connections = 20).await;
     let (http, admin) = (gateway.http_addr(), gateway.admin_addr());
     // Twenty connections with a request each, kept open (HTTP/1.1 keep-alive). Blocking
     // sockets, off the runtime the gateway runs on.
@@ -216,13 +221,11 @@ async fn the_connection_limit_holds_and_recovers() {
 /// loses no request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_connections_are_asked_to_close_and_clients_reconnect() {
-    let backend = otelgate::demo::backend::RecordingBackend::start()
-        .await
-        .unwrap();
-    let mut config = config_for(&[("b", &backend, otelgate::export::otlp::Protocol::Grpc)]);
-    config.receiver.connections.max_connection_age_ms = 300;
-    config.receiver.connections.max_connection_age_grace_ms = 2_000;
-    let gateway = start(config).await;
+    let (gateway, _backend) = gateway_with(|c| {
+        c.max_connection_age_ms = 300;
+        c.max_connection_age_grace_ms = 2_000;
+    })
+    .await;
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{}", gateway.grpc_addr()))
             .unwrap()
