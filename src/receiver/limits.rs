@@ -17,6 +17,7 @@ use axum::body::Body;
 use axum::Router;
 use bytes::Bytes;
 use http_body::Frame;
+use http_body_util::BodyExt;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::pipeline::{BudgetPermit, MemoryBudget};
@@ -92,7 +93,6 @@ pub fn limit_bodies(
                         budget,
                         retry_after,
                         held: None,
-                        draining: false,
                     })
                 })
             }
@@ -108,13 +108,29 @@ struct LimitedBody {
     /// The budget the frames received so far hold, returned when the body is dropped (the
     /// receiver then charges the request once more, by its decoded size, at admission).
     held: Option<BudgetPermit>,
-    /// A frame did not fit the budget: the rest of the body is read and dropped, then the
-    /// body ends with the throttling error.
-    draining: bool,
 }
 
+/// Longest a refused body's remainder is read and dropped when it has no deadline of its own.
+const DRAIN_AT_MOST: Duration = Duration::from_secs(30);
+
 impl LimitedBody {
-    fn over_budget(&self) -> axum::Error {
+    /// A frame did not fit the budget. The body ends now, so the receiver drops what it has
+    /// collected and the budget is free for others at once; the rest of the body is read and
+    /// dropped by a task of its own (until the body's deadline), so that the client, once it
+    /// has sent everything, reads the throttling answer instead of a broken connection.
+    fn refuse(&mut self) -> axum::Error {
+        self.held = None;
+        let mut rest = std::mem::replace(&mut self.inner, Body::empty());
+        let until = self
+            .deadline
+            .as_ref()
+            .map_or(tokio::time::Instant::now() + DRAIN_AT_MOST, |(sleep, _)| {
+                sleep.deadline()
+            });
+        tokio::spawn(async move {
+            let drain = async { while let Some(Ok(_)) = rest.frame().await {} };
+            let _ = tokio::time::timeout_at(until, drain).await;
+        });
         axum::Error::new(BodyLimitError::over_budget(
             self.budget.limit(),
             self.retry_after,
@@ -130,19 +146,7 @@ impl http_body::Body for LimitedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        loop {
-            let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) else {
-                break;
-            };
-            if self.draining {
-                // Over budget: the rest is read and dropped, so that the client, once it has
-                // sent its body, reads the throttling answer instead of a broken connection.
-                match frame {
-                    Some(Ok(_)) => continue,
-                    Some(Err(error)) => return Poll::Ready(Some(Err(error))),
-                    None => return Poll::Ready(Some(Err(self.over_budget()))),
-                }
-            }
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
             if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
                 let len = data.map_or(0, Bytes::len);
                 match self.budget.try_admit(len) {
@@ -150,27 +154,16 @@ impl http_body::Body for LimitedBody {
                         Some(held) => held.merge(permit),
                         None => self.held = Some(permit),
                     },
-                    // The frames already passed on stay charged: the caller holds them until
-                    // the body ends.
-                    None => {
-                        self.draining = true;
-                        continue;
-                    }
+                    None => return Poll::Ready(Some(Err(self.refuse()))),
                 }
             }
             return Poll::Ready(frame);
         }
-        let expired = match &mut self.deadline {
-            Some((sleep, limit)) => sleep.as_mut().poll(cx).is_ready().then_some(*limit),
-            None => None,
-        };
-        if let Some(limit) = expired {
-            let error = if self.draining {
-                self.over_budget()
-            } else {
-                axum::Error::new(BodyLimitError::timeout(limit))
-            };
-            return Poll::Ready(Some(Err(error)));
+        if let Some((sleep, limit)) = &mut self.deadline {
+            if sleep.as_mut().poll(cx).is_ready() {
+                let error = BodyLimitError::timeout(*limit);
+                return Poll::Ready(Some(Err(axum::Error::new(error))));
+            }
         }
         Poll::Pending
     }
@@ -187,7 +180,6 @@ impl http_body::Body for LimitedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
 
     type Sender = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
 
@@ -205,7 +197,6 @@ mod tests {
             budget: budget.clone(),
             retry_after: Duration::from_secs(1),
             held: None,
-            draining: false,
         }
     }
 
@@ -219,20 +210,18 @@ mod tests {
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.data_ref().unwrap().len(), 60);
         assert_eq!(budget.used(), 60);
-        // After a frame that does not fit, the rest of the body is read and dropped, and the
-        // body ends with a throttling error; what was passed on stays charged until then.
+        // A frame that does not fit ends the body at once with a throttling error and gives
+        // the budget back (the caller drops what it collected); a task reads the rest and drops
+        // it, so the client can finish sending and read the answer.
         tx.try_send(Ok(Frame::data(Bytes::from(vec![0u8; 50]))))
             .unwrap();
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(budget.used(), 0, "a refused body holds nothing");
         tx.try_send(Ok(Frame::data(Bytes::from(vec![0u8; 500]))))
             .unwrap();
-        let pending = tokio::time::timeout(Duration::from_millis(50), body.frame()).await;
-        assert!(
-            pending.is_err(),
-            "the body ends only once the client has sent it all"
-        );
-        assert_eq!(budget.used(), 60, "dropped frames are not charged");
-        drop(tx);
-        let error = body.frame().await.unwrap().unwrap_err();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(tx.capacity(), 4, "the rest of the body is read");
+        assert_eq!(budget.used(), 0, "and not charged");
         let found = BodyLimitError::find(&error).expect("a BodyLimitError");
         assert!(matches!(
             found,
@@ -242,7 +231,6 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert!(status.get_error_details().retry_info().is_some());
         drop(body);
-        assert_eq!(budget.used(), 0);
         let mut body = limited(Body::from(vec![1u8; 40]), &budget, None);
         body.frame().await.unwrap().unwrap();
         assert_eq!(budget.used(), 40);
