@@ -94,6 +94,11 @@ const fn default_max_connection_age_grace_ms() -> u64 {
     30_000
 }
 
+/// 256 KiB: a client 10 ms away still sends 25 MB/s on one connection.
+const fn default_http2_window_bytes() -> u32 {
+    256 * 1024
+}
+
 /// How the OTLP listeners treat connections (`[receiver.connections]`). Every limit is there
 /// so that clients that are slow, idle, numerous or hostile cannot hold what others need:
 /// file descriptors, memory and tasks.
@@ -126,6 +131,13 @@ pub struct ConnectionConfig {
     /// it is cut.
     #[serde(default = "default_max_connection_age_grace_ms")]
     pub max_connection_age_grace_ms: u64,
+    /// HTTP/2 flow-control window, per connection and per stream: how much of a request's
+    /// body a client may send before the gateway reads it. Bodies are charged to the memory
+    /// budget as they are read; what sits in this window is not, so it bounds the memory an
+    /// HTTP/2 connection holds outside the budget (hyper's default is 1 MiB). Larger windows
+    /// help only clients far away sending large requests.
+    #[serde(default = "default_http2_window_bytes")]
+    pub http2_window_bytes: u32,
 }
 
 impl Default for ConnectionConfig {
@@ -137,6 +149,7 @@ impl Default for ConnectionConfig {
             idle_timeout_ms: default_idle_timeout_ms(),
             max_connection_age_ms: 0,
             max_connection_age_grace_ms: default_max_connection_age_grace_ms(),
+            http2_window_bytes: default_http2_window_bytes(),
         }
     }
 }
@@ -160,6 +173,13 @@ impl ConnectionConfig {
                     "must be greater than 0",
                 ));
             }
+        }
+        // RFC 9113: windows start at 65,535 and never exceed 2^31 - 1.
+        if !(65_535..=i32::MAX as u32).contains(&self.http2_window_bytes) {
+            return Err(crate::config::ConfigError::invalid(
+                "receiver.connections.http2_window_bytes",
+                "must be between 65535 and 2147483647",
+            ));
         }
         Ok(())
     }
@@ -246,7 +266,11 @@ pub async fn serve(
         // Read-ahead per connection (hyper's default is ~400 KiB): bodies are charged to the
         // memory budget as they are read, this buffer is not.
         .max_buf_size(HTTP1_READ_BUFFER);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(config.http2_window_bytes)
+        .initial_connection_window_size(config.http2_window_bytes);
     let builder = Arc::new(builder);
     let tasks = TaskTracker::new();
     let mut accept_errors =

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Deserialize;
+use subtle::ConstantTimeEq;
 
 use crate::config::ConfigError;
 use crate::pipeline::log::AppendError;
@@ -311,10 +312,15 @@ impl Ingest {
             })
             .ok_or(IngestError::Unauthenticated)?;
         // Compare with every token in constant time per token, so timing reveals nothing.
-        let matched = self.tokens.iter().fold(false, |found, token| {
-            found | constant_time_eq(token, presented)
-        });
-        matched.then_some(()).ok_or(IngestError::Unauthenticated)
+        let matched = self
+            .tokens
+            .iter()
+            .fold(subtle::Choice::from(0), |found, token| {
+                found | token.as_slice().ct_eq(presented)
+            });
+        bool::from(matched)
+            .then_some(())
+            .ok_or(IngestError::Unauthenticated)
     }
 
     /// Decompresses `body`, stopping at the request size limit (see [`body::decompress`]).
@@ -439,13 +445,6 @@ pub fn record_refusal(signal: Signal, transport: Transport, error: &IngestError)
             tracing::debug!(%signal, transport = transport.as_str(), error = %other, "Refused a request.")
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

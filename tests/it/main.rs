@@ -6,6 +6,7 @@ mod deploy;
 mod durable;
 mod faults;
 mod forwarding;
+mod h2_abuse;
 mod hostile;
 mod inputs;
 mod ledger;
