@@ -1,7 +1,8 @@
 //! OTLP receivers: gRPC ([`grpc`]) and HTTP ([`http`]) front ends over one [`Ingest`] core that
 //! owns what both transports share: bearer-token auth, size limits, decompression, decoding
-//! and validation, admission against the memory budget and hand-off to the fan-out. A request
-//! is acknowledged once it sits in every destination queue that takes it.
+//! and validation, admission against the memory budget and hand-off to the pipeline. A request
+//! is acknowledged once the durable log has it on disk (the default), or, with the log off,
+//! once it sits in every destination queue that takes it.
 
 pub mod body;
 pub mod grpc;
