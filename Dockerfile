@@ -17,8 +17,9 @@
 # ---- build -------------------------------------------------------------------------------
 FROM rust:1-bookworm AS builder
 WORKDIR /src
-# The whole context (see .dockerignore): manifests, src/, migrations/ (embedded in the
-# binary), benches/ and tests/ (cargo reads their target declarations).
+# The whole context (see .dockerignore): the workspace's manifests, src/ (the gateway
+# library), cli/ (the binary and its tools), migrations/ (embedded in the binary), benches/
+# and tests/ (cargo reads their target declarations).
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

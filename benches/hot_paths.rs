@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use otelgate::demo::generator::TelemetryGenerator;
 use otelgate::pipeline::{queue, Fanout, MemoryBudget, Payload, QueueConfig};
 use otelgate::sink::timescale::{Extractor, TimescaleSinkConfig};
 use otelgate::Signal;
+use otelgate_cli::demo::generator::TelemetryGenerator;
 use prost::Message;
 
 /// The allocator the `otelgate` binary uses, so the numbers are the binary's.

@@ -44,7 +44,7 @@ OUT=${OUT:-target/bench-e2e}
 BIN=target/release/otelgate
 rm -rf "$OUT"
 mkdir -p "$OUT"
-cargo build --release -q
+cargo build --release -q --bin otelgate
 
 work=$(mktemp -d)
 pids=()

@@ -25,5 +25,8 @@ case "${gateways}" in
 esac
 
 export CHAOS_ROUNDS=${rounds} CHAOS_SEED=${seed}
+# The harness runs the otelgate binary (package otelgate-cli), which `--test it` alone does
+# not build.
+cargo build --release -q --bin otelgate
 cargo nextest run --release --cargo-quiet --no-capture --test it -E "test(=${test})" 2>&1 \
     | grep -vE '^\s+[0-9]+: |^\s+at |^note: |Nextest run ID'

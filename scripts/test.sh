@@ -7,11 +7,13 @@ step() {
     printf '\n==> %s\n' "$*"
 }
 
-step "cargo fmt --check"
-cargo fmt --check
+# The whole workspace: the gateway library (otelgate) and the binary with its tools
+# (cli/, otelgate-cli).
+step "cargo fmt --all --check"
+cargo fmt --all --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 # Tests that need an external program end in `_needs_<program>` and fail when it is missing.
 # TEST_ALLOW_MISSING (comma-separated: timescaledb, pgbouncer, prometheus, or all)
@@ -37,8 +39,9 @@ for program in timescaledb pgbouncer prometheus; do
     fi
 done
 
-step "cargo nextest run --no-fail-fast -E '${filter}'"
-cargo nextest run --no-fail-fast -E "${filter}"
+# cli/'s own tests make cargo build the otelgate binary, which tests/it runs as a process.
+step "cargo nextest run --workspace --no-fail-fast -E '${filter}'"
+cargo nextest run --workspace --no-fail-fast -E "${filter}"
 
 step "cargo bench --bench hot_paths -- --test (smoke run: each benchmark once)"
 cargo bench --bench hot_paths -- --test

@@ -7,16 +7,13 @@ pub mod admin;
 pub mod app;
 pub mod codec;
 pub mod config;
-pub mod demo;
 pub mod export;
-pub mod load;
 pub mod net;
 pub mod pipeline;
 pub mod receiver;
 pub mod signal;
 pub mod sink;
 pub mod telemetry;
-pub mod testbed;
 
 pub use app::Gateway;
 pub use config::Config;

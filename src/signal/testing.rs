@@ -6,9 +6,9 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::metrics::v1::Exemplar;
+use otelgate_cli::demo::generator::TelemetryGenerator;
 use prost::Message;
 
-use crate::demo::generator::TelemetryGenerator;
 use crate::Signal;
 
 /// Valid requests of every signal: generated ones and real SDK payloads.

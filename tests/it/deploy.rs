@@ -19,11 +19,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use otelgate::demo::backend::{Failure, RecordingBackend};
-use otelgate::demo::postgres::{find_bin_dir, TempPostgres};
 use otelgate::export::otlp::Protocol;
 use otelgate::pipeline::WhenFull;
 use otelgate::{Config, Gateway, Signal};
+use otelgate_cli::demo::backend::{Failure, RecordingBackend};
+use otelgate_cli::demo::postgres::{find_bin_dir, TempPostgres};
 use prost::Message;
 use serde_json::Value;
 
@@ -1056,7 +1056,7 @@ fn the_cli_checks_the_compose_config_and_names_a_missing_secret() {
     let env = service_env(service(&compose, "otelgate"));
     let run = |env: &BTreeMap<String, String>| {
         run_bounded(
-            Command::new(env!("CARGO_BIN_EXE_otelgate"))
+            Command::new(crate::otelgate_binary())
                 .args(["check-config", "--config"])
                 .arg(repo("compose/otelgate.toml"))
                 .env_clear()
@@ -1620,7 +1620,7 @@ fn used_metrics(prefixes: &[&str]) -> BTreeMap<String, Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_alert_metrics_are_exported_after_a_load_run() {
-    use otelgate::demo::generator::{kv_str, TelemetryGenerator};
+    use otelgate_cli::demo::generator::{kv_str, TelemetryGenerator};
 
     let pg = TempPostgres::start(false).unwrap();
     let backend = RecordingBackend::start().await.unwrap();
@@ -2163,7 +2163,7 @@ async fn check_sql_against(pg: &TempPostgres, label: &str) {
     );
 
     let gateway = gateway_with_sink(sink_config(&pg.url())).await;
-    let mut generator = otelgate::demo::generator::TelemetryGenerator::new(5);
+    let mut generator = otelgate_cli::demo::generator::TelemetryGenerator::new(5);
     for _ in 0..5 {
         let (request, _) = generator.traces(10);
         grpc_export(
@@ -2437,7 +2437,7 @@ async fn prometheus_scrapes_a_gateway_and_evaluates_the_rules_needs_prometheus()
     };
     let backend = RecordingBackend::start().await.unwrap();
     let gateway = start(config_for(&[("lgtm", &backend, Protocol::Grpc)])).await;
-    let (request, _) = otelgate::demo::generator::TelemetryGenerator::new(1).traces(3);
+    let (request, _) = otelgate_cli::demo::generator::TelemetryGenerator::new(1).traces(3);
     grpc_export(
         gateway.grpc_addr(),
         Signal::Traces,

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use otelgate::demo::backend::RecordingBackend;
-use otelgate::demo::generator::TelemetryGenerator;
-use otelgate::demo::postgres::TempPostgres;
 use otelgate::export::otlp::Protocol;
 use otelgate::Signal;
+use otelgate_cli::demo::backend::RecordingBackend;
+use otelgate_cli::demo::generator::TelemetryGenerator;
+use otelgate_cli::demo::postgres::TempPostgres;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -171,7 +171,7 @@ pub fn free_port() -> std::net::SocketAddr {
 
 /// `otelgate run` as a child process with the config file `path`; returns once ready.
 pub async fn run_gateway(path: &Path, admin: std::net::SocketAddr) -> tokio::process::Child {
-    run_gateway_with(Path::new(env!("CARGO_BIN_EXE_otelgate")), path, admin).await
+    run_gateway_with(&crate::otelgate_binary(), path, admin).await
 }
 
 /// `program run --config path` (the binary, or a wrapper that execs it) as a child process;
@@ -277,8 +277,8 @@ pool_size = 4
             start_time_unix_nano: 1,
             end_time_unix_nano: 2,
             attributes: vec![
-                otelgate::demo::generator::kv_str("camera.id", "cam-bad"),
-                otelgate::demo::generator::kv_str("frame.width", "wide"),
+                otelgate_cli::demo::generator::kv_str("camera.id", "cam-bad"),
+                otelgate_cli::demo::generator::kv_str("frame.width", "wide"),
             ],
             ..Default::default()
         }]);

@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use otelgate::demo::backend::{Failure, RecordingBackend};
 use otelgate::export::otlp::Protocol;
 use otelgate::pipeline::WhenFull;
 use otelgate::Signal;
+use otelgate_cli::demo::backend::{Failure, RecordingBackend};
 use tonic::Code;
 use tonic_types::StatusExt;
 

@@ -15,8 +15,8 @@ use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::metrics::v1::{
     ExponentialHistogram, ExponentialHistogramDataPoint, Histogram, HistogramDataPoint,
 };
-use otelgate::demo::generator::kv_str;
 use otelgate::Signal;
+use otelgate_cli::demo::generator::kv_str;
 use prost::Message;
 
 use crate::{fixture, gateway_with_two_backends, grpc_export, metric, WAIT};

@@ -12,7 +12,7 @@ use crate::durable::{free_port, run_gateway, run_gateway_with};
 use crate::{config_for, log_dir, metric, start, WAIT};
 
 fn traces() -> bytes::Bytes {
-    let (request, _) = otelgate::demo::generator::TelemetryGenerator::new(3).traces(2);
+    let (request, _) = otelgate_cli::demo::generator::TelemetryGenerator::new(3).traces(2);
     prost::Message::encode_to_vec(&request).into()
 }
 
@@ -40,8 +40,11 @@ fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bool
 /// An in-process gateway forwarding to a recording backend, with `connections` adjusted.
 async fn gateway_with(
     connections: impl FnOnce(&mut otelgate::net::ConnectionConfig),
-) -> (otelgate::Gateway, otelgate::demo::backend::RecordingBackend) {
-    let backend = otelgate::demo::backend::RecordingBackend::start()
+) -> (
+    otelgate::Gateway,
+    otelgate_cli::demo::backend::RecordingBackend,
+) {
+    let backend = otelgate_cli::demo::backend::RecordingBackend::start()
         .await
         .unwrap();
     let mut config = config_for(&[("b", &backend, otelgate::export::otlp::Protocol::Grpc)]);
@@ -280,7 +283,7 @@ async fn old_connections_are_asked_to_close_and_clients_reconnect() {
 async fn descriptor_exhaustion_leaves_the_log_and_health_working() {
     // This process opens the connections: lift its own soft limit to the hard one.
     otelgate::net::connection_budget(2_000);
-    let backend = otelgate::demo::backend::RecordingBackend::start()
+    let backend = otelgate_cli::demo::backend::RecordingBackend::start()
         .await
         .unwrap();
     let dir = log_dir();
@@ -310,7 +313,7 @@ protocol = "grpc"
         &wrapper,
         format!(
             "#!/bin/sh\nexec prlimit --nofile=1024:1024 {} \"$@\"\n",
-            env!("CARGO_BIN_EXE_otelgate")
+            crate::otelgate_binary().display()
         ),
     )
     .unwrap();
@@ -425,7 +428,7 @@ fn peak_rss(pid: u32) -> u64 {
 async fn stalled_bodies_stay_within_the_memory_budget() {
     const BUDGET: u64 = 32 << 20;
     const OVERHEAD: u64 = 96 << 20;
-    let backend = otelgate::demo::backend::RecordingBackend::start()
+    let backend = otelgate_cli::demo::backend::RecordingBackend::start()
         .await
         .unwrap();
     let dir = log_dir();

@@ -7,9 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-use otelgate::demo::generator::{kv_int, kv_str, now_nanos};
-use otelgate::demo::postgres::TempPostgres;
 use otelgate::Signal;
+use otelgate_cli::demo::generator::{kv_int, kv_str, now_nanos};
+use otelgate_cli::demo::postgres::TempPostgres;
 use prost::Message;
 
 use crate::durable::{free_port, run_gateway};

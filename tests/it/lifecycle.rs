@@ -5,9 +5,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
-use otelgate::demo::backend::RecordingBackend;
 use otelgate::export::otlp::Protocol;
 use otelgate::Signal;
+use otelgate_cli::demo::backend::RecordingBackend;
 
 use crate::{config_for, fixture, grpc_export, start, WAIT};
 
@@ -124,7 +124,7 @@ async fn health_readiness_and_metrics_endpoints() {
 }
 
 fn otelgate() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_otelgate"))
+    std::process::Command::new(crate::otelgate_binary())
 }
 
 #[test]
@@ -186,7 +186,7 @@ async fn run_serves_until_sigterm_and_drains() {
             .unwrap()
     };
     let [grpc, http, admin]: [std::net::SocketAddr; 3] = std::array::from_fn(free);
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_otelgate"))
+    let mut child = tokio::process::Command::new(crate::otelgate_binary())
         .arg("run")
         .env("OTELGATE_RECEIVER__GRPC_ENDPOINT", grpc.to_string())
         .env("OTELGATE_RECEIVER__HTTP_ENDPOINT", http.to_string())

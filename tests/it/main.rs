@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use otelgate::codec::BytesCodec;
-use otelgate::demo::backend::RecordingBackend;
 use otelgate::export::otlp::{OtlpExporterConfig, Protocol};
 use otelgate::{Config, Gateway, Signal};
+use otelgate_cli::demo::backend::RecordingBackend;
 
 /// A config listening on free loopback ports, forwarding to `backends`.
 pub fn config_for(backends: &[(&str, &RecordingBackend, Protocol)]) -> Config {
@@ -58,6 +58,26 @@ pub fn log_dir() -> std::path::PathBuf {
     let dir = root.join(uuid::Uuid::new_v4().to_string());
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The `otelgate` binary, for tests that run it as a child process. It belongs to the
+/// `otelgate-cli` package, so cargo does not hand its path to these tests; it lies in the
+/// target profile directory, beside the `deps/` directory that holds this test executable.
+/// A `cargo nextest run` (or `cargo test`) from the workspace root builds it first.
+pub fn otelgate_binary() -> std::path::PathBuf {
+    let test_executable = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = test_executable
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the test executable lies in target/<profile>/deps/");
+    let binary = profile_dir.join(format!("otelgate{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it with `cargo build -p otelgate-cli --bin otelgate` \
+         (with --release for a release test run), or run the tests from the workspace root",
+        binary.display()
+    );
+    binary
 }
 
 /// Starts a gateway with `config`, after validating it as `otelgate run` would.
@@ -225,8 +245,8 @@ pub fn missing(program: &str, install: &str) -> ! {
 /// A throwaway PostgreSQL with TimescaleDB, or the test fails. `durable` keeps fsync and
 /// synchronous commits on: a test that crashes the server needs it, or commits it
 /// acknowledged are lost in the crash.
-pub fn postgres_with_timescaledb(durable: bool) -> otelgate::demo::postgres::TempPostgres {
-    let pg = otelgate::demo::postgres::TempPostgres::start(durable).unwrap();
+pub fn postgres_with_timescaledb(durable: bool) -> otelgate_cli::demo::postgres::TempPostgres {
+    let pg = otelgate_cli::demo::postgres::TempPostgres::start(durable).unwrap();
     if !pg.timescaledb() {
         missing(
             "timescaledb",

@@ -8,9 +8,9 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use otelgate::demo::generator::{kv_str, now_nanos};
-use otelgate::demo::postgres::TempPostgres;
 use otelgate::Signal;
+use otelgate_cli::demo::generator::{kv_str, now_nanos};
+use otelgate_cli::demo::postgres::TempPostgres;
 use prost::Message;
 use serde_json::json;
 

@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use otelgate::demo::postgres::{ServerOptions, TempPostgres};
 use otelgate::sink::timescale::{connect_error, sink::pool, SslMode, TimescaleSinkConfig};
 use otelgate::Signal;
+use otelgate_cli::demo::postgres::{ServerOptions, TempPostgres};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 use crate::timescale::{connect, gateway_with_sink, sink_config, wait_count};

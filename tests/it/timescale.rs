@@ -7,9 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
-use otelgate::demo::postgres::TempPostgres;
 use otelgate::sink::timescale::{LlmPrice, TimescaleSinkConfig};
 use otelgate::{Config, Gateway, Signal};
+use otelgate_cli::demo::postgres::TempPostgres;
 use prost::Message;
 
 use crate::{fixture, grpc_export, metric, start, WAIT};
@@ -246,7 +246,7 @@ fn span(
     attributes: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>,
     seq: u8,
 ) -> opentelemetry_proto::tonic::trace::v1::Span {
-    let now = otelgate::demo::generator::now_nanos();
+    let now = otelgate_cli::demo::generator::now_nanos();
     opentelemetry_proto::tonic::trace::v1::Span {
         trace_id: vec![seq; 16],
         span_id: vec![seq; 8],
@@ -261,7 +261,7 @@ fn span(
 pub fn traces(spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>) -> Bytes {
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
-    use otelgate::demo::generator::kv_str;
+    use otelgate_cli::demo::generator::kv_str;
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
@@ -281,7 +281,7 @@ pub fn traces(spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>) -> Bytes 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_records_are_kept_aside_and_the_rest_arrive() {
-    use otelgate::demo::generator::{kv_f64, kv_int, kv_str};
+    use otelgate_cli::demo::generator::{kv_f64, kv_int, kv_str};
     let pg = TempPostgres::start(false).unwrap();
     let mut sink = sink_config(&pg.url());
     sink.mappings = vec![toml::from_str(
@@ -423,7 +423,7 @@ async fn killed_connections_lose_and_duplicate_nothing() {
             killed
         })
     };
-    let mut generator = otelgate::demo::generator::TelemetryGenerator::new(7);
+    let mut generator = otelgate_cli::demo::generator::TelemetryGenerator::new(7);
     let mut frames = 0i64;
     for _ in 0..150 {
         let (request, _) = generator.traces(20);
@@ -478,7 +478,7 @@ async fn the_ledger_skips_a_replayed_batch() {
     let pool = pool(&config).unwrap();
     // Recent times: with TimescaleDB, the retention policy the gateway installed would drop
     // chunks of old times while the test runs.
-    let now = otelgate::demo::generator::now_nanos() as i64;
+    let now = otelgate_cli::demo::generator::now_nanos() as i64;
     let mut rows = Rows::default();
     for i in 0..3 {
         rows.push(&[Cell::Timestamp(now + i), Cell::Text(format!("cam-{i}"))]);
@@ -650,7 +650,7 @@ async fn works_through_pgbouncer_in_transaction_mode_needs_pgbouncer() {
     sink.pool_size = 4;
     sink.max_rows = 100;
     let gateway = gateway_with_sink(sink).await;
-    let mut generator = otelgate::demo::generator::TelemetryGenerator::new(3);
+    let mut generator = otelgate_cli::demo::generator::TelemetryGenerator::new(3);
     let sends = (0..100).map(|_| {
         let (request, _) = generator.traces(20);
         grpc_export(
@@ -916,7 +916,7 @@ async fn hypertables_compression_aggregates_and_retention_needs_timescaledb() {
 async fn frame_and_detection_log_records_become_rows() {
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-    use otelgate::demo::generator::{kv_f64, kv_int, kv_str};
+    use otelgate_cli::demo::generator::{kv_f64, kv_int, kv_str};
     let pg = TempPostgres::start(false).unwrap();
     let gateway = gateway_with_sink(sink_config(&pg.url())).await;
     let now = std::time::SystemTime::now()

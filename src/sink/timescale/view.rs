@@ -481,12 +481,12 @@ mod tests {
     use opentelemetry_proto::tonic::common::v1 as pb;
     use opentelemetry_proto::tonic::logs::v1 as pb_logs;
     use opentelemetry_proto::tonic::trace::v1 as pb_trace;
+    use otelgate_cli::demo::generator::TelemetryGenerator;
     use prost::Message;
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::demo::generator::TelemetryGenerator;
     use crate::Signal;
 
     fn kv(pair: &KeyValue<'_>) -> pb::KeyValue {

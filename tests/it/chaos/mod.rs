@@ -251,7 +251,7 @@ struct BackendView {
 }
 
 impl BackendView {
-    fn update(&mut self, backend: &otelgate::demo::backend::RecordingBackend) {
+    fn update(&mut self, backend: &otelgate_cli::demo::backend::RecordingBackend) {
         for signal in Signal::ALL {
             let bodies = backend.bodies_from(signal, self.read[signal.index()]);
             self.read[signal.index()] += bodies.len();

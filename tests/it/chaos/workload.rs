@@ -22,8 +22,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span};
-use otelgate::demo::generator::{kv_f64, kv_int, kv_str, now_nanos};
 use otelgate::Signal;
+use otelgate_cli::demo::generator::{kv_f64, kv_int, kv_str, now_nanos};
 use prost::Message;
 use rand::rngs::SmallRng;
 use rand::Rng;

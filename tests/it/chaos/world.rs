@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use otelgate::demo::backend::RecordingBackend;
-use otelgate::demo::postgres::TempPostgres;
+use otelgate_cli::demo::backend::RecordingBackend;
+use otelgate_cli::demo::postgres::TempPostgres;
 use tokio::process::Child;
 use tokio::sync::Mutex;
 
@@ -114,7 +114,7 @@ pool_size = 3
                 .append(true)
                 .open(&self.stderr)
                 .unwrap();
-            let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_otelgate"))
+            let mut child = tokio::process::Command::new(crate::otelgate_binary())
                 .args(["run", "--config"])
                 .arg(&self.config)
                 .env("RUST_LOG", "warn")

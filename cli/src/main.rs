@@ -1,10 +1,12 @@
-//! The `otelgate` command line. Everything but argument parsing lives in the library.
+//! The `otelgate` command line. Everything but argument parsing lives in the libraries: the
+//! gateway's (`otelgate`) and the tools' (`otelgate_cli`: demo, load, testbed).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use otelgate::{demo, telemetry, Config, Gateway};
+use otelgate::{telemetry, Config, Gateway};
+use otelgate_cli::{demo, load, testbed};
 
 /// mimalloc instead of the system allocator: decoding OTLP and building rows allocate many
 /// small objects across threads, where glibc malloc spent ~40% of the gateway's CPU under
@@ -46,11 +48,11 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Send realistic OTLP load to a gateway (or any OTLP endpoint) and report throughput,
     /// refusals, latency and, with --database-url, rows and commit latency.
-    Load(otelgate::load::LoadArgs),
+    Load(load::LoadArgs),
     /// Benchmark aids run as separate processes: a throwaway PostgreSQL, a counting OTLP
     /// backend, the raw binary COPY ceiling.
     #[command(subcommand)]
-    Testbed(otelgate::testbed::TestbedCommand),
+    Testbed(testbed::TestbedCommand),
 }
 
 #[tokio::main]
@@ -61,8 +63,8 @@ async fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(config),
         Command::Migrate { config } => migrate(config).await,
         Command::Demo(args) => demo::run(args).await,
-        Command::Load(args) => load(args).await,
-        Command::Testbed(command) => otelgate::testbed::run(command, shutdown_signal()).await,
+        Command::Load(args) => run_load(args).await,
+        Command::Testbed(command) => testbed::run(command, shutdown_signal()).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -112,12 +114,12 @@ async fn migrate(path: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn load(args: otelgate::load::LoadArgs) -> anyhow::Result<()> {
-    let report = otelgate::load::run(&args).await?;
+async fn run_load(args: load::LoadArgs) -> anyhow::Result<()> {
+    let report = load::run(&args).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        otelgate::load::print(&report);
+        load::print(&report);
     }
     Ok(())
 }

@@ -215,9 +215,9 @@ mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use opentelemetry_proto::tonic::trace::v1::Span;
+    use otelgate::Signal;
 
     use super::*;
-    use crate::Signal;
 
     fn attribute<'a>(span: &'a Span, key: &str) -> &'a Value {
         span.attributes

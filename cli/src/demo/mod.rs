@@ -18,12 +18,12 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
+use otelgate::export::otlp::{OtlpExporterConfig, Protocol};
+use otelgate::sink::timescale::{LlmPrice, TimescaleSinkConfig};
+use otelgate::{Config, Gateway, Signal};
 
 use self::backend::RecordingBackend;
 use self::generator::TelemetryGenerator;
-use crate::export::otlp::{OtlpExporterConfig, Protocol};
-use crate::sink::timescale::{LlmPrice, TimescaleSinkConfig};
-use crate::{Config, Gateway, Signal};
 
 /// Options of `otelgate demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -97,7 +97,7 @@ impl Drop for TempDir {
 }
 
 async fn run_until(args: DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    crate::telemetry::init_logging(&crate::telemetry::TelemetryConfig {
+    otelgate::telemetry::init_logging(&otelgate::telemetry::TelemetryConfig {
         log_level: "warn".into(),
         ..Default::default()
     });

@@ -10,14 +10,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use otelgate::codec::BytesCodec;
+use otelgate::Signal;
 use prost::Message;
 use serde::Serialize;
 
 mod template;
 
-use crate::codec::BytesCodec;
 use crate::demo::generator::{now_nanos, TelemetryGenerator};
-use crate::Signal;
 use template::TraceTemplates;
 
 /// Options of `otelgate load`.

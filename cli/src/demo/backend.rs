@@ -17,6 +17,9 @@ use axum::Router;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
+use otelgate::codec::BytesCodec;
+use otelgate::signal::{ExportResponse, PartialSuccess};
+use otelgate::Signal;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -24,10 +27,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
-
-use crate::codec::BytesCodec;
-use crate::signal::{ExportResponse, PartialSuccess};
-use crate::Signal;
 
 /// A scripted answer to one request, in both transports' terms.
 #[derive(Debug, Clone)]
@@ -148,14 +147,14 @@ impl RecordingBackend {
             }),
         );
         let stop = CancellationToken::new();
-        tokio::spawn(crate::net::serve(
+        tokio::spawn(otelgate::net::serve(
             listener,
             None,
             router.with_state(recorder.clone()),
             stop.clone(),
-            crate::net::ConnectionLimits::new(
+            otelgate::net::ConnectionLimits::new(
                 "backend",
-                crate::net::ConnectionConfig::default(),
+                otelgate::net::ConnectionConfig::default(),
                 4096,
             ),
         ));

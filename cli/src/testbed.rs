@@ -5,14 +5,14 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use otelgate::sink::timescale::{migrate, Extractor, Rows, TimescaleSinkConfig};
+use otelgate::Signal;
 use prost::Message;
 use serde::Serialize;
 
 use crate::demo::backend::RecordingBackend;
 use crate::demo::generator::TelemetryGenerator;
 use crate::demo::postgres::TempPostgres;
-use crate::sink::timescale::{migrate, Extractor, Rows, TimescaleSinkConfig};
-use crate::Signal;
 
 /// What to start.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -123,7 +123,7 @@ async fn copy_ceiling(
                 .mappings()
                 .iter()
                 .map(|m| {
-                    let columns: Vec<String> = crate::sink::timescale::mapping_columns(m)
+                    let columns: Vec<String> = otelgate::sink::timescale::mapping_columns(m)
                         .iter()
                         .map(|(c, _)| format!("\"{c}\""))
                         .collect();
