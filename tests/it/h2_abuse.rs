@@ -203,7 +203,7 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 fn traces() -> bytes::Bytes {
-    let (request, _) = otelgate::demo::generator::TelemetryGenerator::new(9).traces(4);
+    let (request, _) = otelgate_cli::demo::generator::TelemetryGenerator::new(9).traces(4);
     prost::Message::encode_to_vec(&request).into()
 }
 
@@ -246,7 +246,7 @@ async fn under_attack(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_rapid_reset_continuation_and_settings_floods_are_contained() {
-    let backend = otelgate::demo::backend::RecordingBackend::start()
+    let backend = otelgate_cli::demo::backend::RecordingBackend::start()
         .await
         .unwrap();
     let dir = log_dir();
@@ -269,7 +269,7 @@ protocol = "grpc"
     );
     let path = dir.join("otelgate.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_otelgate"))
+    let mut child = tokio::process::Command::new(crate::otelgate_binary())
         .args(["run", "--config"])
         .arg(&path)
         .env("RUST_LOG", "info")
@@ -449,7 +449,7 @@ fn server_windows(addr: SocketAddr) -> (Option<u32>, Option<u32>) {
 /// and for the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_clients_get_the_configured_window() {
-    let backend = otelgate::demo::backend::RecordingBackend::start()
+    let backend = otelgate_cli::demo::backend::RecordingBackend::start()
         .await
         .unwrap();
     let backends = [("b", &backend, otelgate::export::otlp::Protocol::Grpc)];
