@@ -83,3 +83,67 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     };
     (status, Json(body)).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use http::Request;
+    use http_body_util::BodyExt;
+    use serde_json::json;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::pipeline::log::segment::{RECORD_HEADER, SEGMENT_HEADER};
+    use crate::pipeline::log::LogConfig;
+    use crate::pipeline::{queue, Payload};
+    use crate::Signal;
+
+    #[tokio::test]
+    async fn readyz_reports_the_log_and_each_destinations_lag() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            dir: dir.path().to_owned(),
+            min_free_bytes: 0,
+            ..LogConfig::default()
+        };
+        let log = Arc::new(Log::open(&config).unwrap());
+        let (tx, _rx) = queue("dest", 16);
+        let _reader = log
+            .reader("dest", &[Signal::Logs], tx, None, 1 << 20)
+            .unwrap();
+        let budget = MemoryBudget::new(1 << 20);
+        let appender = log.take_appender().unwrap();
+        for _ in 0..2 {
+            let body = bytes::Bytes::from_static(b"0123456789");
+            let permit = budget.try_admit(body.len()).unwrap();
+            let payload = Arc::new(Payload::new(Signal::Logs, body, 1, permit));
+            appender.append(payload).await.unwrap();
+        }
+        let state = Arc::new(AdminState {
+            ready: AtomicBool::new(true),
+            queues: Vec::new(),
+            budget,
+            database: None,
+            log: Some(log),
+        });
+        let request = Request::get("/readyz").body(Body::empty()).unwrap();
+        let response = router(state).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let record = (RECORD_HEADER + 10) as u64;
+        assert_eq!(
+            body["log"],
+            json!({
+                "dir": dir.path(),
+                "bytes": SEGMENT_HEADER + 2 * record,
+                "max_bytes": config.max_bytes,
+                "segments": 1,
+                "records": 2,
+                "failed": null,
+                "destinations": [{ "name": "dest", "lag_records": 2, "lag_bytes": 2 * record }],
+            })
+        );
+        assert_eq!(body["status"], "ready");
+    }
+}
