@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::pipeline::log::Log;
+use crate::pipeline::log::{Log, LogStatus};
 use crate::pipeline::{MemoryBudget, QueueStats};
 use crate::sink::timescale::SchemaInfo;
 
@@ -70,7 +70,7 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
         "status": if ready { "ready" } else { "not ready" },
         "exporters": exporters,
         "memory_budget": { "used_bytes": state.budget.used(), "limit_bytes": state.budget.limit() },
-        "log": state.log.as_ref().map(|log| log.status()),
+        "log": state.log.as_ref().map(|log| log_json(&log.status())),
         "database": state.database.as_ref().map(|d| serde_json::json!({
             "timescaledb": d.timescaledb,
             "warning": d.warning(),
@@ -82,6 +82,30 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// The `log` field of `/readyz`.
+fn log_json(status: &LogStatus) -> serde_json::Value {
+    let destinations: Vec<_> = status
+        .destinations
+        .iter()
+        .map(|lag| {
+            serde_json::json!({
+                "name": &*lag.name,
+                "lag_records": lag.records,
+                "lag_bytes": lag.bytes,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "dir": status.dir,
+        "bytes": status.bytes,
+        "max_bytes": status.max_bytes,
+        "segments": status.segments,
+        "records": status.records,
+        "failed": status.failure,
+        "destinations": destinations,
+    })
 }
 
 #[cfg(test)]
