@@ -24,7 +24,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::Signal;
 
+/// The first bytes of every segment file.
 pub const MAGIC: &[u8; 8] = b"OTGLOG1\n";
+/// Bytes of a segment's header: the magic, then the base offset.
 pub const SEGMENT_HEADER: u64 = 16;
 /// Bytes of a record before its body.
 pub const RECORD_HEADER: usize = 4 + 4 + 8 + 8 + 8 + 1;

@@ -17,11 +17,13 @@ pub struct LogStatus {
     pub bytes: u64,
     /// `log.max_bytes`.
     pub max_bytes: u64,
+    /// Segment files, the active one included.
     pub segments: usize,
     /// Records from the oldest segment's first to the head.
     pub records: u64,
     /// Why the log refuses everything until the gateway restarts, if a write or sync failed.
     pub failure: Option<String>,
+    /// One per destination reading the log, in the order their readers were made.
     pub destinations: Vec<DestinationLag>,
 }
 
@@ -29,7 +31,9 @@ pub struct LogStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestinationLag {
     pub name: Arc<str>,
+    /// Records from its cursor to the head.
     pub records: u64,
+    /// Bytes from its cursor to the head.
     pub bytes: u64,
 }
 
