@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::pipeline::log::Log;
+use crate::pipeline::log::{Log, LogStatus};
 use crate::pipeline::{MemoryBudget, QueueStats};
 use crate::sink::timescale::SchemaInfo;
 
@@ -70,7 +70,7 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
         "status": if ready { "ready" } else { "not ready" },
         "exporters": exporters,
         "memory_budget": { "used_bytes": state.budget.used(), "limit_bytes": state.budget.limit() },
-        "log": state.log.as_ref().map(|log| log.status()),
+        "log": state.log.as_ref().map(|log| log_json(&log.status())),
         "database": state.database.as_ref().map(|d| serde_json::json!({
             "timescaledb": d.timescaledb,
             "warning": d.warning(),
@@ -82,4 +82,92 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// The `log` field of `/readyz`.
+fn log_json(status: &LogStatus) -> serde_json::Value {
+    let destinations: Vec<_> = status
+        .destinations
+        .iter()
+        .map(|lag| {
+            serde_json::json!({
+                "name": &*lag.name,
+                "lag_records": lag.records,
+                "lag_bytes": lag.bytes,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "dir": status.dir,
+        "bytes": status.bytes,
+        "max_bytes": status.max_bytes,
+        "segments": status.segments,
+        "records": status.records,
+        "failed": status.failure,
+        "destinations": destinations,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use http::Request;
+    use http_body_util::BodyExt;
+    use serde_json::json;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::pipeline::log::segment::{RECORD_HEADER, SEGMENT_HEADER};
+    use crate::pipeline::log::LogConfig;
+    use crate::pipeline::{queue, Payload};
+    use crate::Signal;
+
+    #[tokio::test]
+    async fn readyz_reports_the_log_and_each_destinations_lag() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            dir: dir.path().to_owned(),
+            min_free_bytes: 0,
+            ..LogConfig::default()
+        };
+        let log = Arc::new(Log::open(&config).unwrap());
+        let (tx, _rx) = queue("dest", 16);
+        let _reader = log
+            .reader("dest", &[Signal::Logs], tx, None, 1 << 20)
+            .unwrap();
+        let budget = MemoryBudget::new(1 << 20);
+        let appender = log.take_appender().unwrap();
+        for _ in 0..2 {
+            let body = bytes::Bytes::from_static(b"0123456789");
+            let permit = budget.try_admit(body.len()).unwrap();
+            let payload = Arc::new(Payload::new(Signal::Logs, body, 1, permit));
+            appender.append(payload).await.unwrap();
+        }
+        let state = Arc::new(AdminState {
+            ready: AtomicBool::new(true),
+            queues: Vec::new(),
+            budget,
+            database: None,
+            log: Some(log),
+        });
+        let request = Request::get("/readyz").body(Body::empty()).unwrap();
+        let response = router(state).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let record = (RECORD_HEADER + 10) as u64;
+        assert_eq!(
+            body["log"],
+            json!({
+                "dir": dir.path(),
+                "bytes": SEGMENT_HEADER + 2 * record,
+                "max_bytes": config.max_bytes,
+                "segments": 1,
+                "records": 2,
+                "failed": null,
+                "destinations": [{ "name": "dest", "lag_records": 2, "lag_bytes": 2 * record }],
+            })
+        );
+        assert_eq!(body["status"], "ready");
+    }
 }

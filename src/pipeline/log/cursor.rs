@@ -37,6 +37,7 @@ struct Inner {
 }
 
 impl Tracker {
+    /// A tracker for destination `name`, reading from `start`.
     pub fn new(name: &str, start: Position, max_lag_bytes: Option<u64>) -> Self {
         Tracker {
             name: name.into(),
@@ -51,10 +52,12 @@ impl Tracker {
         }
     }
 
+    /// The destination's `queue.max_lag_bytes`, if it has one.
     pub fn max_lag_bytes(&self) -> Option<u64> {
         self.max_lag_bytes
     }
 
+    /// The destination's name, which is also its cursor file's.
     pub fn name(&self) -> Arc<str> {
         self.name.clone()
     }
@@ -115,6 +118,7 @@ impl Tracker {
         }
     }
 
+    /// Whether `cursor` differs from the one last written to disk.
     pub fn needs_save(&self, cursor: Position) -> bool {
         self.lock().saved != Some(cursor)
     }
@@ -124,10 +128,12 @@ impl Tracker {
         self.lock().saved
     }
 
+    /// Records that `cursor` is now the one on disk.
     pub fn mark_saved(&self, cursor: Position) {
         self.lock().saved = Some(cursor);
     }
 
+    /// From now on, dropped [`Done`] guards no longer finish their records (see `frozen`).
     pub fn freeze(&self) {
         self.frozen.store(true, Ordering::SeqCst);
     }

@@ -4,13 +4,16 @@
 
 use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::segment::{self, ReadError, Record, SEGMENT_HEADER};
-use super::{instant_of, unix_nanos_of, Position, Shared, Tracker};
+use super::maintenance::drop_records_before;
+use super::segment::{self, ReadError, SegmentRecord, SEGMENT_HEADER};
+use super::shared::{DurableRecord, Shared};
+use super::{instant_of, unix_nanos_of, Position, Tracker};
 use crate::pipeline::{Delivery, Payload, QueueSender};
 use crate::telemetry::{self, reason};
 use crate::Signal;
@@ -19,13 +22,6 @@ use crate::Signal;
 const DISK_BATCH_RECORDS: usize = 512;
 const DISK_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
-/// One record ready to hand out.
-struct Item {
-    at: Position,
-    end: Position,
-    payload: Arc<Payload>,
-}
-
 /// An open segment being read sequentially.
 struct DiskCursor {
     next_segment: Option<Position>,
@@ -33,13 +29,15 @@ struct DiskCursor {
     at: Position,
 }
 
-/// See the module docs.
-pub struct Reader {
+/// One destination's reader of the log (see the module docs), made by
+/// [`Log::reader`](super::Log::reader).
+pub struct LogReader {
     shared: Arc<Shared>,
     tracker: Arc<Tracker>,
     signals: [bool; 3],
     queue: QueueSender,
     head: watch::Receiver<Position>,
+    /// Records before this sequence number were in the log before it was opened: replayed.
     replay_until: u64,
     disk: Option<DiskCursor>,
     /// Bytes of requests this destination may hold (queued, batched or in flight).
@@ -49,7 +47,7 @@ pub struct Reader {
     replayed: metrics::Counter,
 }
 
-impl Reader {
+impl LogReader {
     pub(super) fn new(
         shared: Arc<Shared>,
         tracker: Arc<Tracker>,
@@ -60,7 +58,7 @@ impl Reader {
         window_bytes: u64,
     ) -> Self {
         let window_bytes = window_bytes.clamp(1, Semaphore::MAX_PERMITS as u64 / 2) as u32;
-        Reader {
+        LogReader {
             shared,
             signals: Signal::mask(signals),
             queue,
@@ -74,12 +72,12 @@ impl Reader {
         }
     }
 
-    /// Where this reader starts.
     /// This destination's progress through the log.
     pub fn tracker(&self) -> Arc<Tracker> {
         self.tracker.clone()
     }
 
+    /// Where this reader starts (until it runs).
     pub fn start(&self) -> Position {
         self.tracker.next()
     }
@@ -107,53 +105,60 @@ impl Reader {
             }
             // Segments deleted under `when_full = "drop_oldest"`: move on to what is left.
             if let Some((oldest, _)) = self.shared.oldest().filter(|(o, _)| next.seq < o.seq) {
-                super::dropped(&self.tracker, oldest, reason::LOG_FULL);
+                drop_records_before(&self.tracker, oldest, reason::LOG_FULL);
                 self.disk = None;
                 continue;
             }
-            let items = {
-                let cached = self.shared.cached(next.seq, DISK_BATCH_RECORDS);
-                if cached.is_empty() {
-                    match self.read_disk(next, head).await {
-                        Some(items) => items,
-                        None => continue,
-                    }
-                } else {
-                    self.disk = None;
-                    cached
-                        .into_iter()
-                        .map(|c| Item {
-                            at: c.at,
-                            end: c.end,
-                            payload: c.payload,
-                        })
-                        .collect()
+            let cached = self.shared.cached(next.seq, DISK_BATCH_RECORDS);
+            let records = if cached.is_empty() {
+                match self.read_disk(next, head).await {
+                    Some(records) => records,
+                    None => continue,
                 }
+            } else {
+                self.disk = None;
+                cached
             };
-            for item in items {
-                if item.at.seq < self.replay_until {
-                    self.replayed.increment(1);
-                }
-                if !self.signals[item.payload.signal.index()] {
-                    self.tracker.skip_to(item.end);
-                    continue;
-                }
-                // A request larger than the whole window takes all of it.
-                let share = (item.payload.body.len() as u64).clamp(1, self.window_bytes as u64);
-                let permit = tokio::select! {
-                    permit = self.window.clone().acquire_many_owned(share as u32) => permit.expect("never closed"),
-                    () = stop.cancelled() => return,
-                };
-                let done =
-                    self.tracker
-                        .hold(item.at, item.end, unix_nanos_of(item.payload.received));
-                let delivery = Delivery::logged(item.payload, item.at, done, permit);
-                tokio::select! {
-                    sent = self.queue.send(delivery) => if sent.is_err() { return },
-                    () = stop.cancelled() => return,
+            for record in records {
+                if self.hand_out(record, &stop).await.is_break() {
+                    return;
                 }
             }
         }
+    }
+
+    /// Hands `record` to the queue once the destination's window has room for it, or skips
+    /// it if the destination does not take its signal. Breaks when `stop` fires or the
+    /// queue is closed.
+    async fn hand_out(
+        &mut self,
+        record: DurableRecord,
+        stop: &CancellationToken,
+    ) -> ControlFlow<()> {
+        if record.at.seq < self.replay_until {
+            self.replayed.increment(1);
+        }
+        if !self.signals[record.payload.signal.index()] {
+            self.tracker.skip_to(record.end);
+            return ControlFlow::Continue(());
+        }
+        // A request larger than the whole window takes all of it.
+        let share = (record.payload.body.len() as u64).clamp(1, self.window_bytes as u64);
+        let permit = tokio::select! {
+            permit = self.window.clone().acquire_many_owned(share as u32) => permit.expect("never closed"),
+            () = stop.cancelled() => return ControlFlow::Break(()),
+        };
+        let done = self.tracker.hold(
+            record.at,
+            record.end,
+            unix_nanos_of(record.payload.received),
+        );
+        let delivery = Delivery::logged(record.payload, record.at, done, permit);
+        tokio::select! {
+            sent = self.queue.send(delivery) => if sent.is_err() { return ControlFlow::Break(()) },
+            () = stop.cancelled() => return ControlFlow::Break(()),
+        }
+        ControlFlow::Continue(())
     }
 
     fn drop_until(&mut self, next: Position, to: Position, reason: &'static str) {
@@ -166,7 +171,7 @@ impl Reader {
     }
 
     /// Reads the next records from disk on the blocking pool.
-    async fn read_disk(&mut self, next: Position, head: Position) -> Option<Vec<Item>> {
+    async fn read_disk(&mut self, next: Position, head: Position) -> Option<Vec<DurableRecord>> {
         let cursor = match self.disk.take() {
             Some(cursor) if cursor.at == next => cursor,
             _ => match self.open_at(next) {
@@ -184,9 +189,9 @@ impl Reader {
             Err(_) => return None,
         };
         match outcome {
-            Ok(items) => {
+            Ok(records) => {
                 self.disk = cursor;
-                Some(items)
+                Some(records)
             }
             Err((_, READ_ERROR)) => {
                 tracing::error!(destination = %self.tracker.name(), "Cannot read the log; retrying.");
@@ -227,35 +232,36 @@ impl Reader {
 
 const READ_ERROR: &str = "read error";
 
-type ReadOutcome = Result<Vec<Item>, (Position, &'static str)>;
+/// Records read, or where reading stopped at a damaged or missing record and why.
+type ReadOutcome = Result<Vec<DurableRecord>, (Position, &'static str)>;
 
 /// Reads up to a batch of records from `cursor`, stopping at the head and at the end of the
 /// segment. Returns the cursor to continue with (none at a segment's end).
 fn read_some(mut cursor: DiskCursor, head: Position) -> (Option<DiskCursor>, ReadOutcome) {
-    let mut items = Vec::new();
+    let mut records = Vec::new();
     let mut bytes = 0;
     let segment_end = match cursor.next_segment {
         Some(next) => next.offset,
         None => head.offset,
     };
-    while items.len() < DISK_BATCH_RECORDS && bytes < DISK_BATCH_BYTES {
+    while records.len() < DISK_BATCH_RECORDS && bytes < DISK_BATCH_BYTES {
         let at = cursor.at;
         if at.offset >= segment_end && cursor.next_segment.is_some() {
             // This segment is read; the next call opens the following one.
-            return (None, Ok(items));
+            return (None, Ok(records));
         }
         if at.offset >= head.offset {
             break;
         }
         match segment::read_record(&mut cursor.reader, at.seq) {
             Ok(Some(record)) => {
-                let len = Record::encoded_len(record.body.len());
+                let len = SegmentRecord::encoded_len(record.body.len());
                 bytes += record.body.len();
                 cursor.at = Position {
                     seq: at.seq + 1,
                     offset: at.offset + len,
                 };
-                items.push(Item {
+                records.push(DurableRecord {
                     at,
                     end: cursor.at,
                     payload: Arc::new(Payload::replayed(
@@ -267,24 +273,24 @@ fn read_some(mut cursor: DiskCursor, head: Position) -> (Option<DiskCursor>, Rea
                 });
             }
             Ok(None) => {
-                if items.is_empty() {
+                if records.is_empty() {
                     return (None, Err((at, "segment ends early")));
                 }
                 break;
             }
             Err(ReadError::Corrupt(why)) => {
-                if items.is_empty() {
+                if records.is_empty() {
                     return (None, Err((at, why)));
                 }
                 break;
             }
             Err(ReadError::Io(_)) => {
-                if items.is_empty() {
+                if records.is_empty() {
                     return (None, Err((at, READ_ERROR)));
                 }
                 break;
             }
         }
     }
-    (Some(cursor), Ok(items))
+    (Some(cursor), Ok(records))
 }

@@ -10,16 +10,23 @@
 //! or a flipped bit is caught before anything is handed to a destination. The base offset
 //! is the log-wide byte position of the segment's first record; a record's position is the
 //! base offset plus its distance from the end of the header.
+//!
+//! A new segment is a new file, or a spare: a segment already read, reused because its
+//! blocks exist, so `fdatasync` need not also journal a growing file's size (measured in
+//! docs/BENCHMARKS.md). A reused file keeps its old records behind the new ones until they
+//! are overwritten: reads and scans tell them apart by their sequence numbers.
 
-use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::Signal;
 
+/// The first bytes of every segment file.
 pub const MAGIC: &[u8; 8] = b"OTGLOG1\n";
+/// Bytes of a segment's header: the magic, then the base offset.
 pub const SEGMENT_HEADER: u64 = 16;
 /// Bytes of a record before its body.
 pub const RECORD_HEADER: usize = 4 + 4 + 8 + 8 + 8 + 1;
@@ -30,9 +37,9 @@ pub const ZERO_FILLED: &str = "zero-filled";
 /// Read stopped at an intact record of an older use of a recycled segment file.
 pub const STALE: &str = "stale record";
 
-/// One record as read back.
+/// One record as read back from a segment.
 #[derive(Debug, Clone)]
-pub struct Record {
+pub struct SegmentRecord {
     pub seq: u64,
     pub received_unix_nanos: i64,
     pub items: u64,
@@ -40,7 +47,8 @@ pub struct Record {
     pub body: Bytes,
 }
 
-impl Record {
+impl SegmentRecord {
+    /// Bytes a record with a body of `body_len` bytes takes in a segment.
     pub fn encoded_len(body_len: usize) -> u64 {
         (RECORD_HEADER + body_len) as u64
     }
@@ -78,7 +86,10 @@ pub enum ReadError {
 }
 
 /// Reads the record at the reader's position. `Ok(None)` at a clean end of the data.
-pub fn read_record(reader: &mut impl Read, expected_seq: u64) -> Result<Option<Record>, ReadError> {
+pub fn read_record(
+    reader: &mut impl Read,
+    expected_seq: u64,
+) -> Result<Option<SegmentRecord>, ReadError> {
     let mut prefix = [0u8; 8];
     match read_full(reader, &mut prefix)? {
         0 => return Ok(None),
@@ -113,7 +124,7 @@ pub fn read_record(reader: &mut impl Read, expected_seq: u64) -> Result<Option<R
         _ => return Err(ReadError::Corrupt("unknown signal")),
     };
     let body = rest.split_off(RECORD_HEADER - 8).freeze();
-    Ok(Some(Record {
+    Ok(Some(SegmentRecord {
         seq,
         received_unix_nanos,
         items,
@@ -182,7 +193,7 @@ pub struct Scan {
 }
 
 /// Reads every record of a segment (starting at `first_seq`) and checks it.
-pub fn scan(path: &PathBuf, first_seq: u64) -> io::Result<Scan> {
+pub fn scan(path: &Path, first_seq: u64) -> io::Result<Scan> {
     let file = File::open(path)?;
     let len = file.metadata()?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -199,7 +210,7 @@ pub fn scan(path: &PathBuf, first_seq: u64) -> io::Result<Scan> {
                 scan.first_received
                     .get_or_insert(record.received_unix_nanos);
                 scan.records += 1;
-                scan.valid_len += Record::encoded_len(record.body.len());
+                scan.valid_len += SegmentRecord::encoded_len(record.body.len());
             }
             Ok(None) => break,
             Err(ReadError::Corrupt(ZERO_FILLED | STALE)) => return Ok(scan),
@@ -217,7 +228,7 @@ pub fn scan(path: &PathBuf, first_seq: u64) -> io::Result<Scan> {
 }
 
 /// The received time of a segment's first record, if it has an intact one.
-pub fn scan_first(path: &PathBuf, first_seq: u64) -> io::Result<Option<i64>> {
+pub fn scan_first(path: &Path, first_seq: u64) -> io::Result<Option<i64>> {
     let mut reader = BufReader::with_capacity(64 * 1024, File::open(path)?);
     reader.seek(SeekFrom::Start(SEGMENT_HEADER))?;
     Ok(match read_record(&mut reader, first_seq) {
@@ -225,6 +236,42 @@ pub fn scan_first(path: &PathBuf, first_seq: u64) -> io::Result<Option<i64>> {
         Ok(None) | Err(ReadError::Corrupt(_)) => None,
         Err(ReadError::Io(e)) => return Err(e),
     })
+}
+
+/// Creates the segment file starting at `at`, holding only its header, synced with its
+/// directory. Returns it positioned after the header, and its path.
+pub(super) fn create(log_dir: &Path, at: super::Position) -> io::Result<(File, PathBuf)> {
+    let path = log_dir.join(file_name(at.seq));
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
+    file.write_all(&header(at.offset))?;
+    file.sync_all()?;
+    File::open(log_dir)?.sync_all()?;
+    Ok((file, path))
+}
+
+/// Starts the segment at `at` in a spare file: renamed, its header rewritten, positioned
+/// after the header. Its old records stay behind the new ones until overwritten; a scan
+/// tells them apart by their sequence numbers.
+pub(super) fn recycle(
+    log_dir: &Path,
+    spare: &Path,
+    at: super::Position,
+) -> io::Result<(File, PathBuf)> {
+    let path = log_dir.join(file_name(at.seq));
+    fs::rename(spare, &path)?;
+    let mut file = OpenOptions::new().write(true).open(&path)?;
+    file.write_all(&header(at.offset))?;
+    // The first record must not be mistaken for the old one at the same place after a
+    // crash that tears it: zero the old record's prefix.
+    file.write_all(&[0u8; 8])?;
+    file.seek(SeekFrom::Start(SEGMENT_HEADER))?;
+    file.sync_data()?;
+    File::open(log_dir)?.sync_all()?;
+    Ok((file, path))
 }
 
 #[cfg(test)]

@@ -1,0 +1,144 @@
+//! The `[log]` section: where the log lives, how large it may grow, what happens when it is
+//! full or the disk runs low, and how often progress is saved.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+use crate::pipeline::QueueConfig;
+
+/// What the log does when it reaches `max_bytes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenLogFull {
+    /// Refuse new requests with the throttling answer (RESOURCE_EXHAUSTED with RetryInfo,
+    /// HTTP 429 with Retry-After) until destinations catch up. Nothing is lost.
+    #[default]
+    Refuse,
+    /// Delete the oldest segment, even if some destination has not read it (counted per
+    /// destination in `otelgate_log_dropped_records_total{reason="log_full"}`).
+    DropOldest,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_dir() -> PathBuf {
+    PathBuf::from("otelgate-data")
+}
+const fn default_segment_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+const fn default_max_bytes() -> u64 {
+    4 * 1024 * 1024 * 1024
+}
+const fn default_min_free_bytes() -> u64 {
+    512 * 1024 * 1024
+}
+const fn default_cache_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+const fn default_cursor_interval_ms() -> u64 {
+    200
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// On (default): requests are acknowledged after they are on disk and survive a crash.
+    /// Off: memory-only queues, faster, but a crash or kill loses every request not yet
+    /// delivered.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Data directory (created if missing). Only one gateway may use it at a time.
+    #[serde(default = "default_dir")]
+    pub dir: PathBuf,
+    /// A segment is closed and a new one started past this size.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Most bytes the log may hold on disk; see `when_full`.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// `refuse` (default) or `drop_oldest`.
+    #[serde(default)]
+    pub when_full: WhenLogFull,
+    /// Below this much free space on the log's file system, new requests are refused with
+    /// the throttling answer instead of filling the disk.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
+    /// Recent records kept in memory so destinations that keep up never read the disk.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
+    /// How often cursors are saved and fully read segments deleted. After a crash, at most
+    /// this much already-delivered data is sent again to OTLP backends (the TimescaleDB sink
+    /// skips it by its ledger).
+    #[serde(default = "default_cursor_interval_ms")]
+    pub cursor_interval_ms: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            enabled: true,
+            dir: default_dir(),
+            segment_bytes: default_segment_bytes(),
+            max_bytes: default_max_bytes(),
+            when_full: WhenLogFull::default(),
+            min_free_bytes: default_min_free_bytes(),
+            cache_bytes: default_cache_bytes(),
+            cursor_interval_ms: default_cursor_interval_ms(),
+        }
+    }
+}
+
+impl LogConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("log.dir", "must not be empty"));
+        }
+        if self.segment_bytes < 4096 {
+            return Err(ConfigError::invalid(
+                "log.segment_bytes",
+                "must be at least 4096",
+            ));
+        }
+        if self.max_bytes < 2 * self.segment_bytes {
+            return Err(ConfigError::invalid(
+                "log.max_bytes",
+                format!(
+                    "must be at least twice log.segment_bytes ({})",
+                    self.segment_bytes
+                ),
+            ));
+        }
+        if self.cursor_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                "log.cursor_interval_ms",
+                "must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a destination's `max_lag_bytes` against the segment size: lag is dropped a
+    /// whole segment at a time.
+    pub(crate) fn validate_lag(&self, key: &str, queue: &QueueConfig) -> Result<(), ConfigError> {
+        match queue.max_lag_bytes {
+            Some(limit) if self.enabled && limit < 2 * self.segment_bytes => {
+                Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "must be at least twice log.segment_bytes ({})",
+                        self.segment_bytes
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
