@@ -46,12 +46,7 @@ fn compose_gateway_config_loads_and_matches_the_other_services() {
         container_ports(gateway),
         BTreeSet::from([OTLP_GRPC, OTLP_HTTP, ADMIN])
     );
-    let exposed: BTreeSet<u16> = docker
-        .instructions("EXPOSE")
-        .iter()
-        .flat_map(|e| e.split_whitespace())
-        .map(|p| p.parse().unwrap())
-        .collect();
+    let exposed: BTreeSet<u16> = docker.exposed.iter().map(|p| p.parse().unwrap()).collect();
     assert_eq!(exposed, BTreeSet::from([OTLP_GRPC, OTLP_HTTP, ADMIN]));
     let health = docker.healthcheck().join(" ");
     assert!(
@@ -60,8 +55,7 @@ fn compose_gateway_config_loads_and_matches_the_other_services() {
     );
 
     // The config file goes where the ENTRYPOINT reads it.
-    let entrypoint: Vec<String> =
-        serde_json::from_str(&docker.instructions("ENTRYPOINT")[0]).unwrap();
+    let entrypoint = docker.entrypoint();
     let config_path = entrypoint
         .iter()
         .skip_while(|a| *a != "--config")
@@ -70,14 +64,17 @@ fn compose_gateway_config_loads_and_matches_the_other_services() {
     assert!(bind_mounts(gateway)
         .iter()
         .any(|(s, t)| s == "./otelgate.toml" && t == config_path));
-    let user = &docker.instructions("USER")[0];
+    let user = docker.user();
     assert!(!user.starts_with('0') && user != "root", "runs as root");
-    let stages = docker.instructions("FROM");
+    let stages = &docker.stages;
     assert!(
         stages[0].starts_with("rust:1-bookworm")
             && stages.last().unwrap().starts_with("debian:bookworm-slim")
     );
-    assert!(docker.text.contains("cargo build --release --locked"));
+    assert!(docker
+        .runs
+        .iter()
+        .any(|run| run.contains("cargo build --release --locked")));
 
     // Destinations point at compose services.
     let lgtm = &config.exporters["lgtm"];

@@ -11,7 +11,7 @@ use otelgate::Signal;
 use prost::Message;
 
 use super::grafana::{dashboard_sql, grafana_sql};
-use super::prometheus::{prometheus_expressions, promql_identifiers, used_metrics};
+use super::prometheus::{prometheus_expressions, promql_metric_names, used_metrics};
 use super::{repo, run_bounded, str_of, yaml};
 use crate::grpc_export;
 use crate::timescale::{connect, gateway_with_sink, sink_config, wait_count};
@@ -118,7 +118,7 @@ fn database_metrics_in_dashboards_and_alerts_come_from_postgres_exporter() {
         .filter_map(|r| r["record"].as_str())
         .collect();
     for (origin, expr) in prometheus_expressions() {
-        for ident in promql_identifiers(&expr)
+        for ident in promql_metric_names(&expr)
             .into_iter()
             .filter(|i| i.contains(':'))
         {

@@ -8,61 +8,94 @@ use std::time::Duration;
 use otelgate::demo::backend::RecordingBackend;
 use otelgate::export::otlp::Protocol;
 use otelgate::Gateway;
+use parse_dockerfile::{HealthcheckArguments, Instruction, JsonOrStringArray};
 
 use super::{free_port, read, run_bounded, ADMIN};
 use crate::{config_for, start};
 
+/// The Dockerfile as parse-dockerfile reads it (BuildKit's syntax: continuation lines, exec
+/// and shell forms, flags, stages); loading fails on anything it cannot parse.
 pub(super) struct Dockerfile {
-    pub(super) text: String,
+    /// The image of each stage's `FROM`, in order.
+    pub(super) stages: Vec<String>,
+    /// Every `RUN` command in shell form, continuation lines joined.
+    pub(super) runs: Vec<String>,
+    /// The ports of every `EXPOSE`.
+    pub(super) exposed: Vec<String>,
+    /// The paths of every `VOLUME`.
+    pub(super) volumes: Vec<String>,
+    users: Vec<String>,
+    entrypoints: Vec<Vec<String>>,
+    healthchecks: Vec<Vec<String>>,
+    /// The runtime (last) stage's `ENV` variables.
+    env: BTreeMap<String, String>,
 }
 
 impl Dockerfile {
+    #[track_caller]
     pub(super) fn load() -> Self {
-        Dockerfile {
-            text: read("Dockerfile").replace("\\\n", " "),
-        }
-    }
-
-    /// Instructions (first word upper-case) and their arguments, continuation lines joined.
-    pub(super) fn instructions(&self, name: &str) -> Vec<String> {
-        self.text
-            .lines()
-            .map(str::trim)
-            .filter_map(|l| l.split_once(char::is_whitespace))
-            .filter(|(i, _)| *i == name)
-            .map(|(_, args)| args.trim().to_owned())
-            .collect()
-    }
-
-    /// The runtime stage's `ENV` variables, which every container of the image starts with
-    /// (`ENV KEY=value ...` and the old `ENV KEY value` form).
-    pub(super) fn env(&self) -> BTreeMap<String, String> {
-        let runtime = self
-            .text
-            .rsplit_once("\nFROM ")
-            .map_or(self.text.as_str(), |(_, r)| r);
-        let unquote = |v: &str| v.trim_matches('"').to_owned();
-        let mut env = BTreeMap::new();
-        for line in runtime.lines().map(str::trim) {
-            let Some(args) = line.strip_prefix("ENV ") else {
-                continue;
-            };
-            let args = args.trim();
-            match args.split_once(char::is_whitespace) {
-                Some((key, value)) if !key.contains('=') => {
-                    env.insert(key.to_owned(), unquote(value.trim()));
-                }
-                _ => {
-                    for pair in args.split_whitespace() {
-                        let (key, value) = pair
-                            .split_once('=')
-                            .unwrap_or_else(|| panic!("ENV `{pair}` is not KEY=value"));
-                        env.insert(key.to_owned(), unquote(value));
-                    }
-                }
+        let text = read("Dockerfile");
+        let parsed = parse_dockerfile::parse(&text)
+            .unwrap_or_else(|e| panic!("Dockerfile does not parse: {e}"));
+        let mut docker = Dockerfile {
+            stages: parsed
+                .stages()
+                .map(|stage| stage.from.image.value.to_string())
+                .collect(),
+            runs: Vec::new(),
+            exposed: Vec::new(),
+            volumes: Vec::new(),
+            users: Vec::new(),
+            entrypoints: Vec::new(),
+            healthchecks: Vec::new(),
+            env: BTreeMap::new(),
+        };
+        let runtime = parsed.stages().last().expect("a FROM");
+        for instruction in runtime.instructions {
+            if let Instruction::Env(env) = instruction {
+                add_env(&env.arguments.value, &mut docker.env);
             }
         }
-        env
+        for instruction in &parsed.instructions {
+            match instruction {
+                Instruction::Run(run) => docker.runs.push(match &run.arguments {
+                    parse_dockerfile::Command::Shell(shell) => shell.value.replace("\\\n", " "),
+                    exec => exec_form(exec, "RUN").join(" "),
+                }),
+                Instruction::Expose(expose) => docker.exposed.extend(words(&expose.arguments)),
+                Instruction::Volume(volume) => docker.volumes.extend(match &volume.arguments {
+                    JsonOrStringArray::Json(paths) => words(&paths.value),
+                    JsonOrStringArray::String(paths) => words(paths),
+                }),
+                Instruction::User(user) => docker.users.push(user.arguments.value.to_string()),
+                Instruction::Entrypoint(entrypoint) => docker
+                    .entrypoints
+                    .push(exec_form(&entrypoint.arguments, "ENTRYPOINT")),
+                Instruction::Healthcheck(check) => match &check.arguments {
+                    HealthcheckArguments::Cmd { arguments, .. } => docker
+                        .healthchecks
+                        .push(exec_form(arguments, "HEALTHCHECK CMD")),
+                    other => panic!("HEALTHCHECK without CMD: {other:?}"),
+                },
+                _ => {}
+            }
+        }
+        docker
+    }
+
+    /// The user of the first `USER`.
+    pub(super) fn user(&self) -> &str {
+        self.users.first().expect("a USER")
+    }
+
+    /// The first `ENTRYPOINT`, in exec form.
+    pub(super) fn entrypoint(&self) -> &[String] {
+        self.entrypoints.first().expect("an ENTRYPOINT")
+    }
+
+    /// The runtime stage's `ENV` variables, which every container of the image starts with.
+    pub(super) fn env(&self) -> BTreeMap<String, String> {
+        self.env.clone()
     }
 
     /// The environment of a container of this image: the image's `ENV`, then `overrides`
@@ -78,10 +111,41 @@ impl Dockerfile {
 
     /// The exec-form array of `HEALTHCHECK ... CMD [...]`.
     pub(super) fn healthcheck(&self) -> Vec<String> {
-        let check = self.instructions("HEALTHCHECK");
-        assert_eq!(check.len(), 1, "one HEALTHCHECK");
-        let (_, cmd) = check[0].split_once("CMD").expect("HEALTHCHECK ... CMD");
-        serde_json::from_str(cmd.trim()).expect("HEALTHCHECK CMD in exec form (JSON array)")
+        assert_eq!(self.healthchecks.len(), 1, "one HEALTHCHECK");
+        self.healthchecks[0].clone()
+    }
+}
+
+fn words(strings: &[parse_dockerfile::UnescapedString<'_>]) -> Vec<String> {
+    strings.iter().map(|s| s.value.to_string()).collect()
+}
+
+#[track_caller]
+fn exec_form(command: &parse_dockerfile::Command<'_>, what: &str) -> Vec<String> {
+    match command {
+        parse_dockerfile::Command::Exec(args) => words(&args.value),
+        other => panic!("{what} is not in exec form (a JSON array): {other:?}"),
+    }
+}
+
+/// Adds the variables of an `ENV` instruction's arguments (`KEY=value ...`, or the old
+/// `KEY value` form) to `env`. parse-dockerfile leaves them as one string.
+#[track_caller]
+fn add_env(args: &str, env: &mut BTreeMap<String, String>) {
+    let unquote = |v: &str| v.trim_matches('"').to_owned();
+    let args = args.trim();
+    match args.split_once(char::is_whitespace) {
+        Some((key, value)) if !key.contains('=') => {
+            env.insert(key.to_owned(), unquote(value.trim()));
+        }
+        _ => {
+            for pair in args.split_whitespace() {
+                let (key, value) = pair
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("ENV `{pair}` is not KEY=value"));
+                env.insert(key.to_owned(), unquote(value));
+            }
+        }
     }
 }
 
@@ -94,13 +158,10 @@ pub(super) fn image_log_dir(docker: &Dockerfile) -> String {
         .remove("OTELGATE_LOG__DIR")
         .expect("the image sets OTELGATE_LOG__DIR, so that the log lands on its volume");
     assert!(
-        docker
-            .instructions("VOLUME")
-            .iter()
-            .any(|v| v.split_whitespace().any(|v| v.trim_matches('"') == dir)),
+        docker.volumes.contains(&dir),
         "the log directory {dir} is not a VOLUME of the image"
     );
-    let chowned = docker.instructions("RUN").iter().any(|run| {
+    let chowned = docker.runs.iter().any(|run| {
         run.split("&&").any(|cmd| {
             let words: Vec<&str> = cmd.split_whitespace().collect();
             words.first() == Some(&"chown") && words.contains(&dir.as_str())

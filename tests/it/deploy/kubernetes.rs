@@ -177,11 +177,9 @@ fn kubernetes_pod_runs_the_image_with_the_shipped_config() {
         mount["mountPath"].as_str().unwrap(),
         volume["configMap"]["items"][0]["path"].as_str().unwrap()
     );
-    assert!(
-        Dockerfile::load().instructions("ENTRYPOINT")[0].contains(&file),
-        "{file}"
-    );
-    let user = Dockerfile::load().instructions("USER")[0]
+    assert!(Dockerfile::load().entrypoint().contains(&file), "{file}");
+    let user = Dockerfile::load()
+        .user()
         .split(':')
         .next()
         .unwrap()

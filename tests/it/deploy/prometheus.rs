@@ -3,12 +3,16 @@
 //! shipped rules loaded.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use otelgate::demo::backend::RecordingBackend;
 use otelgate::export::otlp::Protocol;
 use otelgate::Signal;
+use promql_parser::label::MatchOp;
+use promql_parser::parser::Expr;
+use promql_parser::util::{walk_expr, ExprVisitor};
 use prost::Message;
 use serde_json::Value;
 
@@ -19,25 +23,43 @@ use super::kubernetes::kubernetes_gateway;
 use super::{free_port, installed, load_config, read, repo, run_bounded, str_of, yaml, Running};
 use crate::{config_for, grpc_export, start};
 
-/// Identifiers of a PromQL expression outside string literals.
-pub(super) fn promql_identifiers(expr: &str) -> BTreeSet<String> {
-    let mut code = String::new();
-    let mut quote = None;
-    for c in expr.chars() {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None if c == '"' || c == '\'' || c == '`' => {
-                quote = Some(c);
-                code.push(' ');
-            }
-            None => code.push(c),
-        }
+/// Metric names an expression selects (the names of its vector and range selectors, also
+/// given as `{__name__="..."}`), read from the syntax tree promql-parser builds with
+/// Prometheus's grammar, so an expression that is not PromQL fails here. Grafana's
+/// `$__rate_interval` is a duration at query time; it becomes one before parsing.
+#[track_caller]
+pub(super) fn promql_metric_names(expr: &str) -> BTreeSet<String> {
+    let promql = expr.replace("$__rate_interval", "5m");
+    let tree =
+        promql_parser::parser::parse(&promql).unwrap_or_else(|e| panic!("not PromQL: {e}\n{expr}"));
+    let mut names = MetricNames(BTreeSet::new());
+    let Ok(_) = walk_expr(&mut names, &tree);
+    names.0
+}
+
+/// Collects the metric names of the selectors it visits.
+struct MetricNames(BTreeSet<String>);
+
+impl ExprVisitor for MetricNames {
+    type Error = Infallible;
+
+    fn pre_visit(&mut self, expr: &Expr) -> Result<bool, Infallible> {
+        let selector = match expr {
+            Expr::VectorSelector(selector) => selector,
+            Expr::MatrixSelector(range) => &range.vs,
+            _ => return Ok(true),
+        };
+        self.0.extend(selector.name.iter().cloned());
+        self.0.extend(
+            selector
+                .matchers
+                .matchers
+                .iter()
+                .filter(|m| m.name == "__name__" && matches!(m.op, MatchOp::Equal))
+                .map(|m| m.value.clone()),
+        );
+        Ok(true)
     }
-    code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-        .filter(|w| !w.is_empty() && !w.starts_with(|c: char| c.is_ascii_digit()))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// Every Prometheus expression of the dashboards and the alert rules, with where it is from.
@@ -65,11 +87,11 @@ pub(super) fn prometheus_expressions() -> Vec<(String, String)> {
     out
 }
 
-/// Metrics named in dashboards and rules that start with `prefix` (as whole identifiers).
+/// Metrics selected in dashboards and rules whose names start with one of `prefixes`.
 pub(super) fn used_metrics(prefixes: &[&str]) -> BTreeMap<String, Vec<String>> {
     let mut used: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (origin, expr) in prometheus_expressions() {
-        for ident in promql_identifiers(&expr) {
+        for ident in promql_metric_names(&expr) {
             if prefixes.iter().any(|p| ident.starts_with(p)) {
                 used.entry(ident).or_default().push(origin.clone());
             }
