@@ -40,8 +40,9 @@ pub trait BatchingDestination {
     /// them over a size limit.
     fn overflowed_by(&self, _delivery: &Delivery, _overflowed: &mut Vec<usize>) {}
 
-    /// Adds `delivery` to its pending batches and lists those now full.
-    fn add(&mut self, delivery: Delivery, full: &mut Vec<usize>);
+    /// Adds `delivery` to its pending batches and lists those now full. `received` is when
+    /// the loop took it from the queue, before waiting for a slot for an overflowed batch.
+    fn add(&mut self, delivery: Delivery, received: Instant, full: &mut Vec<usize>);
 
     /// Starts sending pending batch `index` as a task in `tasks`, which must hold `slot` until
     /// the batch's outcome is known.
@@ -100,10 +101,11 @@ pub async fn drive<D: BatchingDestination>(
             () = tick(&mut housekeeping) => destination.housekeeping(&mut tasks),
             received = queue.recv() => {
                 let Some(delivery) = received else { break };
+                let received = Instant::now();
                 destination.overflowed_by(&delivery, &mut ready);
                 let mut launched = launch_all(destination, &mut ready, &slots, &mut tasks, stop).await;
                 // Added even when the stop came first, so that it counts as undelivered.
-                destination.add(delivery, &mut ready);
+                destination.add(delivery, received, &mut ready);
                 if launched {
                     launched = launch_all(destination, &mut ready, &slots, &mut tasks, stop).await;
                 }
@@ -176,5 +178,115 @@ async fn tick(interval: &mut Option<Interval>) {
             interval.tick().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::pipeline::{queue, MemoryBudget, Payload, QueueSender};
+    use crate::Signal;
+
+    /// Batches of up to two requests per signal, due `max_wait` after their first one;
+    /// records each batch started as (signal index, requests).
+    struct Recorder {
+        pending: [Vec<Delivery>; 3],
+        deadlines: [Option<Instant>; 3],
+        max_wait: Duration,
+        started: Arc<Mutex<Vec<(usize, usize)>>>,
+    }
+
+    impl Recorder {
+        fn new(max_wait: Duration) -> Self {
+            Recorder {
+                pending: Default::default(),
+                deadlines: [None; 3],
+                max_wait,
+                started: Arc::default(),
+            }
+        }
+    }
+
+    impl BatchingDestination for Recorder {
+        const DUE_BATCH_WAITS_FOR_SLOT: bool = true;
+
+        fn batch_count(&self) -> usize {
+            3
+        }
+
+        fn deadline(&self, index: usize) -> Option<Instant> {
+            self.deadlines[index]
+        }
+
+        fn is_pending(&self, index: usize) -> bool {
+            !self.pending[index].is_empty()
+        }
+
+        fn add(&mut self, delivery: Delivery, received: Instant, full: &mut Vec<usize>) {
+            let index = delivery.signal.index();
+            self.pending[index].push(delivery);
+            self.deadlines[index].get_or_insert(received + self.max_wait);
+            if self.pending[index].len() == 2 {
+                full.push(index);
+            }
+        }
+
+        fn start(&mut self, index: usize, slot: OwnedSemaphorePermit, tasks: &mut JoinSet<()>) {
+            let batch = std::mem::take(&mut self.pending[index]);
+            self.deadlines[index] = None;
+            self.started.lock().unwrap().push((index, batch.len()));
+            tasks.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                drop((batch, slot));
+            });
+        }
+    }
+
+    async fn send(queue: &QueueSender, budget: &MemoryBudget, signal: Signal) {
+        let body = Bytes::from_static(b"0123456789");
+        let permit = budget.try_admit(body.len()).unwrap();
+        let payload = Arc::new(Payload::new(signal, body, 1, permit));
+        queue.send(Delivery::memory(payload)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn full_and_due_batches_leave_and_the_rest_leaves_when_the_queue_closes() {
+        let budget = MemoryBudget::new(1000);
+        let (tx, mut rx) = queue("recorder", 8);
+        let mut recorder = Recorder::new(Duration::from_millis(20));
+        let started = recorder.started.clone();
+        let stop = CancellationToken::new();
+        let producer = async {
+            send(&tx, &budget, Signal::Traces).await;
+            send(&tx, &budget, Signal::Traces).await;
+            send(&tx, &budget, Signal::Logs).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            send(&tx, &budget, Signal::Traces).await;
+            drop(tx);
+        };
+        tokio::join!(drive(&mut recorder, &mut rx, 1, &stop), producer);
+        assert_eq!(*started.lock().unwrap(), [(0, 2), (2, 1), (0, 1)]);
+        assert_eq!(budget.used(), 0, "every batch had its outcome");
+    }
+
+    #[tokio::test]
+    async fn a_forced_stop_leaves_pending_batches_with_the_destination() {
+        let budget = MemoryBudget::new(1000);
+        let (tx, mut rx) = queue("recorder", 8);
+        let mut recorder = Recorder::new(Duration::from_secs(3600));
+        let stop = CancellationToken::new();
+        let producer = async {
+            send(&tx, &budget, Signal::Metrics).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            stop.cancel();
+        };
+        tokio::join!(drive(&mut recorder, &mut rx, 1, &stop), producer);
+        assert!(recorder.started.lock().unwrap().is_empty());
+        assert_eq!(recorder.pending[Signal::Metrics.index()].len(), 1);
+        drop(tx);
     }
 }

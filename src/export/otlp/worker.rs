@@ -200,16 +200,15 @@ impl BatchingDestination for ExportBatches {
         }
     }
 
-    fn add(&mut self, delivery: Delivery, full: &mut Vec<usize>) {
+    /// A new batch's deadline counts from when the request was received.
+    fn add(&mut self, delivery: Delivery, received: Instant, full: &mut Vec<usize>) {
         let index = delivery.signal.index();
         let max_wait = self.batch.max_wait();
         let pending = &mut self.pending[index];
         pending.items += delivery.items;
         pending.bytes += delivery.body.len();
         pending.parts.push(delivery);
-        pending
-            .deadline
-            .get_or_insert_with(|| Instant::now() + max_wait);
+        pending.deadline.get_or_insert_with(|| received + max_wait);
         if pending.items >= self.batch.max_items
             || pending.bytes >= self.batch.max_bytes
             || max_wait == Duration::ZERO

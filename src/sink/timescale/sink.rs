@@ -314,7 +314,8 @@ impl BatchingDestination for SinkBatches {
         !self.pending[index].rows.is_empty()
     }
 
-    fn add(&mut self, payload: Delivery, full: &mut Vec<usize>) {
+    /// A new batch's deadline counts from when its first rows are added (after extraction).
+    fn add(&mut self, payload: Delivery, _received: Instant, full: &mut Vec<usize>) {
         if let Err(error) = self
             .extractor
             .extract(payload.signal, &payload.body, &mut self.scratch)
