@@ -175,6 +175,8 @@ impl ExportBatches {
     }
 }
 
+/// A due batch waits for a send slot, and the exporter reads nothing meanwhile: a slow
+/// backend fills its own queue, whose `when_full` policy then applies.
 impl BatchingDestination for ExportBatches {
     const DUE_BATCH_WAITS_FOR_SLOT: bool = true;
 
