@@ -1,7 +1,7 @@
-//! Wiring and staged shutdown. Start-up builds the pipeline from the back (exporters and
+//! Wiring and staged shutdown. Start-up builds the pipeline from the back (destinations and
 //! their queues first, then the receivers that feed them) and binds every listener before
 //! reporting ready. Shutdown runs the other way: receivers stop accepting and finish in-flight
-//! requests, which drops the last queue senders; each exporter then drains its queue and
+//! requests, which drops the last queue senders; each destination then drains its queue and
 //! stops; whatever is left at the deadline is reported as undelivered.
 
 use std::net::SocketAddr;
@@ -15,14 +15,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminState;
-use crate::export::otlp::{ExportReport, OtlpClient, OtlpExporter};
-use crate::pipeline::log::Log;
-use crate::pipeline::{queue, Dispatcher, Fanout, MemoryBudget};
+use crate::export::otlp::{ExportReport, OtlpClient, OtlpExporter, OtlpExporterConfig};
+use crate::pipeline::log::{Log, LogReader, LogStats};
+use crate::pipeline::{
+    queue, Dispatcher, Fanout, MemoryBudget, QueueConfig, QueueReceiver, QueueStats,
+};
 use crate::receiver::{self, Ingest};
 use crate::sink::timescale::{
-    self as timescale, Committed, Extractor, LogLedger, SchemaInfo, SinkReport, TimescaleSink,
+    self as timescale, Extractor, LogLedger, SchemaInfo, SinkReport, TimescaleSink,
+    TimescaleSinkConfig,
 };
-use crate::{net, telemetry, Config};
+use crate::{net, telemetry, Config, Signal};
 
 /// A running gateway.
 pub struct Gateway {
@@ -33,20 +36,12 @@ pub struct Gateway {
     admin: Arc<AdminState>,
     /// Fired first: the gRPC and HTTP servers stop accepting.
     receivers_stop: CancellationToken,
-    /// The receivers' server tasks. They own the last senders of every exporter queue (inside
-    /// `Ingest`), so when they have finished, the queues close.
+    /// The receivers' server tasks. They own the last senders of every destination queue
+    /// (inside `Ingest`), so when they have finished, the queues close.
     receivers: JoinSet<()>,
-    /// Fired at the shutdown deadline: exporters abandon what they still hold.
-    exporters_stop: CancellationToken,
-    exporters: JoinSet<ExportReport>,
-    /// The TimescaleDB sink's worker, stopped with the exporters.
-    sink: Option<JoinHandle<SinkReport>>,
-    /// The durable log, when on, with its destinations' readers and its maintenance task.
-    log: Option<Arc<Log>>,
-    readers: JoinSet<()>,
-    readers_stop: CancellationToken,
-    maintenance_stop: CancellationToken,
-    maintenance: Option<JoinHandle<()>>,
+    destinations: Destinations,
+    /// The durable log, when on, with its maintenance task.
+    log: Option<DurableLog>,
     admin_stop: CancellationToken,
     admin_task: JoinHandle<()>,
 }
@@ -78,128 +73,17 @@ impl Gateway {
     pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         telemetry::prometheus();
         let budget = MemoryBudget::new(config.pipeline.memory_budget_bytes);
-        let exporters_stop = CancellationToken::new();
-        let mut exporters = JoinSet::new();
-        let mut fanout = Fanout::default();
-        let mut queues = Vec::new();
-        let log = if config.log.enabled {
-            Some(Arc::new(Log::open(&config.log)?))
-        } else {
-            tracing::warn!("The durable log is off (log.enabled = false): requests not yet delivered are lost if the process crashes or is killed.");
-            None
-        };
-        // With the log, each destination may hold this many bytes of requests it has read
-        // and not finished; the log keeps the rest on disk.
-        let destinations = config.exporters.len() + usize::from(config.timescale.is_some());
-        let window = (config.pipeline.memory_budget_bytes / 2 / destinations.max(1) as u64)
-            .max(config.receiver.max_request_bytes as u64);
-        let readers_stop = CancellationToken::new();
-        let mut readers = JoinSet::new();
-        // Signals some destination takes; with the log, others are refused before appending.
-        let mut taken = Vec::new();
+        let log = open_log(&config)?;
+        let mut destinations = Destinations::new(&config, log.clone());
         for (name, exporter) in &config.exporters {
-            let client = OtlpClient::new(exporter)
-                .with_context(|| format!("exporter `{name}` cannot be set up"))?;
-            let (tx, rx) = queue(name, exporter.queue.capacity);
-            queues.push(tx.stats());
-            taken.extend_from_slice(&exporter.signals);
-            let mut exporter = exporter.clone();
-            match &log {
-                Some(log) => {
-                    // The log keeps what is not delivered: retry until delivered or stopped.
-                    exporter.retry.max_elapsed_ms = u64::MAX;
-                    let reader = log.reader(
-                        name,
-                        &exporter.signals,
-                        tx,
-                        exporter.queue.max_lag_bytes,
-                        window,
-                    )?;
-                    readers.spawn(reader.run(readers_stop.clone()));
-                }
-                None => fanout.add(name, &exporter.signals, tx, exporter.queue.clone()),
-            }
-            let mut worker = OtlpExporter::new(name, &exporter, client, rx);
-            if log.is_some() {
-                worker = worker.durable();
-            }
-            exporters.spawn(worker.run(exporters_stop.clone()));
+            destinations.start_exporter(name, exporter)?;
         }
-        let mut sink = None;
-        let mut schema = None;
-        if let Some(config) = &config.timescale {
-            let extractor = Arc::new(Extractor::new(config).map_err(anyhow::Error::msg)?);
-            let pool = timescale::sink::pool(config)?;
-            let info = prepare_database(&pool, config, &extractor).await?;
-            if let Some(warning) = info.warning() {
-                tracing::warn!("{warning}.");
-            }
-            let sink_signals: Vec<_> = crate::Signal::ALL
-                .into_iter()
-                .filter(|s| extractor.takes(*s))
-                .collect();
-            let (tx, rx) = queue("timescale", config.queue.capacity);
-            queues.push(tx.stats());
-            taken.extend_from_slice(&sink_signals);
-            let ledger = match &log {
-                Some(log) => {
-                    let reader = log.reader(
-                        "timescale",
-                        &sink_signals,
-                        tx,
-                        config.queue.max_lag_bytes,
-                        window,
-                    )?;
-                    let replay_until = log.opened_at().seq;
-                    let committed = if reader.start().seq < replay_until {
-                        let current = timescale::ledger_keys(extractor.mappings());
-                        let committed =
-                            Committed::load(&pool, log.id(), reader.start().seq, &current)
-                                .await
-                                .context("cannot read the ledger to resume from the log")?;
-                        tracing::info!(
-                            ledger_rows = committed.len(),
-                            "Rows committed before the restart will be skipped."
-                        );
-                        committed
-                    } else {
-                        Committed::default()
-                    };
-                    let progress = reader.tracker();
-                    readers.spawn(reader.run(readers_stop.clone()));
-                    Some(LogLedger {
-                        log_id: log.id(),
-                        replay_until,
-                        committed,
-                        progress,
-                    })
-                }
-                None => {
-                    fanout.add("timescale", &sink_signals, tx, config.queue.clone());
-                    None
-                }
-            };
-            let worker = TimescaleSink::new(config, extractor, pool, rx, ledger);
-            sink = Some(tokio::spawn(worker.run(exporters_stop.clone())));
-            schema = Some(info);
-        }
-        let (dispatcher, maintenance_stop, maintenance) = match &log {
-            Some(log) => {
-                log.forget_other_destinations();
-                let appender = log.take_appender().expect("taken once");
-                let stop = CancellationToken::new();
-                let task = tokio::spawn(log.clone().maintenance(stop.clone()));
-                (
-                    Dispatcher::Durable {
-                        log: appender,
-                        signals: crate::Signal::mask(&taken),
-                    },
-                    stop,
-                    Some(task),
-                )
-            }
-            None => (Dispatcher::Memory(fanout), CancellationToken::new(), None),
+        let database = match &config.timescale {
+            Some(sink) => Some(destinations.start_sink(sink).await?),
+            None => None,
         };
+        let dispatcher = destinations.dispatcher();
+        let durable_log = log.clone().map(DurableLog::start_maintenance);
         let ingest = Ingest::new(
             &config.receiver,
             dispatcher,
@@ -220,35 +104,19 @@ impl Gateway {
         let admin_addr = admin_listener.local_addr()?;
 
         let receivers_stop = CancellationToken::new();
-        let mut receivers = JoinSet::new();
-        // One set of connection slots for both OTLP listeners.
-        let connections = &config.receiver.connections;
-        let limits = net::ConnectionLimits::new(
-            "otlp",
-            connections.clone(),
-            net::connection_budget(connections.max_connections),
-        );
-        receivers.spawn(net::serve(
-            grpc_listener,
-            tls.clone(),
-            ingest.limit_bodies(receiver::grpc::router(ingest.clone())),
-            receivers_stop.clone(),
-            limits.clone(),
-        ));
-        receivers.spawn(net::serve(
-            http_listener,
+        let receivers = serve_otlp(
+            &config,
+            &ingest,
+            [grpc_listener, http_listener],
             tls,
-            ingest.limit_bodies(receiver::http::router(ingest.clone())),
-            receivers_stop.clone(),
-            limits,
-        ));
-
+            &receivers_stop,
+        );
         let admin = Arc::new(AdminState {
             ready: false.into(),
-            queues,
+            queues: std::mem::take(&mut destinations.queues),
             budget,
-            database: schema,
-            log: log.clone(),
+            database,
+            log,
         });
         let admin_stop = CancellationToken::new();
         let admin_task = tokio::spawn(net::serve(
@@ -274,14 +142,8 @@ impl Gateway {
             admin,
             receivers_stop,
             receivers,
-            exporters_stop,
-            exporters,
-            sink,
-            log,
-            readers,
-            readers_stop,
-            maintenance_stop,
-            maintenance,
+            destinations,
+            log: durable_log,
             admin_stop,
             admin_task,
         })
@@ -307,6 +169,44 @@ impl Gateway {
     pub async fn shutdown(mut self) -> ShutdownReport {
         let deadline = Instant::now() + self.shutdown_timeout;
         self.admin.ready.store(false, Ordering::Relaxed);
+        self.stop_receivers(deadline).await;
+        // With the log: every accepted request is in it. The writer finishes its last group
+        // once the receivers are gone; readers then read to the end and close the queues.
+        if let Some(log) = &self.log {
+            log.join_writer(deadline).await;
+        }
+        let (mut exporters, sink) = self.destinations.drain(deadline).await;
+        let (kept_in_log, log) = match self.log {
+            Some(log) => {
+                let (kept_in_log, stats) = log.close().await;
+                (kept_in_log, Some(stats))
+            }
+            None => (Vec::new(), None),
+        };
+        exporters.sort_by(|a, b| a.name.cmp(&b.name));
+        for report in &exporters {
+            tracing::info!(
+                exporter = %report.name,
+                delivered = report.delivered,
+                failed = report.failed,
+                undelivered = report.undelivered,
+                "Exporter stopped."
+            );
+        }
+        self.admin_stop.cancel();
+        let _ = self.admin_task.await;
+        ShutdownReport {
+            exporters,
+            sink,
+            durable: log.is_some(),
+            kept_in_log,
+            log,
+        }
+    }
+
+    /// Stops the receivers accepting and waits until `deadline` for their requests to
+    /// finish; aborts what is left.
+    async fn stop_receivers(&mut self, deadline: Instant) {
         self.receivers_stop.cancel();
         loop {
             match tokio::time::timeout_at(deadline, self.receivers.join_next()).await {
@@ -319,54 +219,182 @@ impl Gateway {
                 }
             }
         }
-        // With the log: every accepted request is in it. The writer finishes its last group
-        // once the receivers are gone; readers then read to the end and close the queues.
-        if let Some(log) = &self.log {
-            if tokio::time::timeout_at(deadline, log.join_writer())
-                .await
-                .is_err()
-            {
-                tracing::warn!("The durable log's writer did not finish before the deadline.");
-            }
+    }
+}
+
+/// Opens the durable log when it is on.
+fn open_log(config: &Config) -> anyhow::Result<Option<Arc<Log>>> {
+    if config.log.enabled {
+        return Ok(Some(Arc::new(Log::open(&config.log)?)));
+    }
+    tracing::warn!("The durable log is off (log.enabled = false): requests not yet delivered are lost if the process crashes or is killed.");
+    Ok(None)
+}
+
+/// Serves OTLP/gRPC and OTLP/HTTP on their `listeners` (in that order) until `stop` fires,
+/// with one set of connection slots for both.
+fn serve_otlp(
+    config: &Config,
+    ingest: &Arc<Ingest>,
+    listeners: [TcpListener; 2],
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: &CancellationToken,
+) -> JoinSet<()> {
+    let connections = &config.receiver.connections;
+    let limits = net::ConnectionLimits::new(
+        "otlp",
+        connections.clone(),
+        net::connection_budget(connections.max_connections),
+    );
+    let [grpc_listener, http_listener] = listeners;
+    let mut receivers = JoinSet::new();
+    receivers.spawn(net::serve(
+        grpc_listener,
+        tls.clone(),
+        ingest.limit_bodies(receiver::grpc::router(ingest.clone())),
+        stop.clone(),
+        limits.clone(),
+    ));
+    receivers.spawn(net::serve(
+        http_listener,
+        tls,
+        ingest.limit_bodies(receiver::http::router(ingest.clone())),
+        stop.clone(),
+        limits,
+    ));
+    receivers
+}
+
+/// Every destination's worker and the durable log's readers that feed them, started one
+/// destination at a time and stopped together.
+struct Destinations {
+    log: Option<Arc<Log>>,
+    /// With the log, bytes of requests each destination may hold read and not finished; the
+    /// log keeps the rest on disk.
+    window: u64,
+    /// Without the log: every destination's queue sender, handed to the receivers.
+    fanout: Fanout,
+    /// Signals some destination takes; with the log, others are refused before appending.
+    taken: Vec<Signal>,
+    /// Every destination's queue, for `/readyz`.
+    queues: Vec<Arc<QueueStats>>,
+    readers: JoinSet<()>,
+    readers_stop: CancellationToken,
+    /// Fired at the shutdown deadline: exporters and the sink abandon what they still hold.
+    workers_stop: CancellationToken,
+    exporters: JoinSet<ExportReport>,
+    /// The TimescaleDB sink's worker, stopped with the exporters.
+    sink: Option<JoinHandle<SinkReport>>,
+}
+
+impl Destinations {
+    fn new(config: &Config, log: Option<Arc<Log>>) -> Self {
+        let count = config.exporters.len() + usize::from(config.timescale.is_some());
+        let window = (config.pipeline.memory_budget_bytes / 2 / count.max(1) as u64)
+            .max(config.receiver.max_request_bytes as u64);
+        Destinations {
+            log,
+            window,
+            fanout: Fanout::default(),
+            taken: Vec::new(),
+            queues: Vec::new(),
+            readers: JoinSet::new(),
+            readers_stop: CancellationToken::new(),
+            workers_stop: CancellationToken::new(),
+            exporters: JoinSet::new(),
+            sink: None,
         }
-        let mut reports = Vec::new();
-        loop {
-            match tokio::time::timeout_at(deadline, self.exporters.join_next()).await {
-                Ok(Some(Ok(report))) => reports.push(report),
-                Ok(Some(Err(error))) => tracing::error!(%error, "An exporter task failed."),
-                Ok(None) => break,
-                Err(_) => {
-                    tracing::warn!("Shutdown deadline reached; stopping exporters.");
-                    self.stop_destinations();
-                    while let Some(joined) = self.exporters.join_next().await {
-                        match joined {
-                            Ok(report) => reports.push(report),
-                            Err(error) => tracing::error!(%error, "An exporter task failed."),
-                        }
-                    }
-                    break;
-                }
-            }
-        }
-        let sink = match self.sink.take() {
-            None => None,
-            Some(mut handle) => {
-                let joined = match tokio::time::timeout_at(deadline, &mut handle).await {
-                    Ok(joined) => joined,
-                    Err(_) => {
-                        self.stop_destinations();
-                        handle.await
-                    }
-                };
-                match joined {
-                    Ok(report) => Some(report),
-                    Err(error) => {
-                        tracing::error!(%error, "The TimescaleDB sink task failed.");
-                        None
-                    }
-                }
+    }
+
+    /// Creates destination `name`'s queue and feeds it: from the fan-out without the log;
+    /// with it, from the returned reader, to be started once the destination is ready.
+    fn open_queue(
+        &mut self,
+        name: &str,
+        signals: &[Signal],
+        config: &QueueConfig,
+    ) -> anyhow::Result<(QueueReceiver, Option<LogReader>)> {
+        let (tx, rx) = queue(name, config.capacity);
+        self.queues.push(tx.stats());
+        self.taken.extend_from_slice(signals);
+        let reader = match &self.log {
+            Some(log) => Some(log.reader(name, signals, tx, config.max_lag_bytes, self.window)?),
+            None => {
+                self.fanout.add(name, signals, tx, config.clone());
+                None
             }
         };
+        Ok((rx, reader))
+    }
+
+    fn start_reader(&mut self, reader: LogReader) {
+        self.readers.spawn(reader.run(self.readers_stop.clone()));
+    }
+
+    /// Starts the OTLP exporter `name`.
+    fn start_exporter(&mut self, name: &str, config: &OtlpExporterConfig) -> anyhow::Result<()> {
+        let client = OtlpClient::new(config)
+            .with_context(|| format!("exporter `{name}` cannot be set up"))?;
+        let (queue, reader) = self.open_queue(name, &config.signals, &config.queue)?;
+        let durable = reader.is_some();
+        if let Some(reader) = reader {
+            self.start_reader(reader);
+        }
+        let exporter = OtlpExporter::new(name, config, client, queue, durable);
+        self.exporters
+            .spawn(exporter.run(self.workers_stop.clone()));
+        Ok(())
+    }
+
+    /// Prepares the database and starts the TimescaleDB sink; returns what it found in the
+    /// database.
+    async fn start_sink(&mut self, config: &TimescaleSinkConfig) -> anyhow::Result<SchemaInfo> {
+        let extractor = Arc::new(Extractor::new(config).map_err(anyhow::Error::msg)?);
+        let pool = timescale::sink::pool(config)?;
+        let schema = timescale::prepare_database(&pool, config, extractor.mappings()).await?;
+        if let Some(warning) = schema.warning() {
+            tracing::warn!("{warning}.");
+        }
+        let signals: Vec<_> = Signal::ALL
+            .into_iter()
+            .filter(|s| extractor.takes(*s))
+            .collect();
+        let (queue, reader) = self.open_queue(TimescaleSink::NAME, &signals, &config.queue)?;
+        let ledger = match (&self.log, reader) {
+            (Some(log), Some(reader)) => {
+                let ledger = LogLedger::resume(&pool, log, &reader, extractor.mappings())
+                    .await
+                    .context("cannot read the ledger to resume from the log")?;
+                self.start_reader(reader);
+                Some(ledger)
+            }
+            _ => None,
+        };
+        let sink = TimescaleSink::new(config, extractor, pool, queue, ledger);
+        self.sink = Some(tokio::spawn(sink.run(self.workers_stop.clone())));
+        Ok(schema)
+    }
+
+    /// Where accepted requests go once every destination is started: into the durable log,
+    /// or straight to the destinations' queues.
+    fn dispatcher(&mut self) -> Dispatcher {
+        match &self.log {
+            Some(log) => {
+                log.forget_other_destinations();
+                Dispatcher::Durable {
+                    log: log.take_appender().expect("taken once"),
+                    signals: Signal::mask(&self.taken),
+                }
+            }
+            None => Dispatcher::Memory(std::mem::take(&mut self.fanout)),
+        }
+    }
+
+    /// Waits until `deadline` for the exporters, then the sink, to drain their queues and
+    /// stop (by force past it); then stops the readers. Returns their reports.
+    async fn drain(&mut self, deadline: Instant) -> (Vec<ExportReport>, Option<SinkReport>) {
+        let exporters = self.join_exporters(deadline).await;
+        let sink = self.join_sink(deadline).await;
         if let Some(report) = &sink {
             tracing::info!(
                 written = report.rows_written,
@@ -377,56 +405,110 @@ impl Gateway {
                 "TimescaleDB sink stopped."
             );
         }
-        self.stop_destinations();
+        self.force_stop();
         while self.readers.join_next().await.is_some() {}
-        let mut kept_in_log = Vec::new();
-        if let Some(log) = &self.log {
-            self.maintenance_stop.cancel();
-            if let Some(task) = self.maintenance.take() {
-                let _ = task.await;
-            }
-            let final_log = log.clone();
-            let _ = tokio::task::spawn_blocking(move || final_log.maintain()).await;
-            for (destination, records) in log.backlog() {
-                if records > 0 {
-                    tracing::info!(
-                        %destination,
-                        records,
-                        "Kept in the durable log; delivered after the next start."
-                    );
+        (exporters, sink)
+    }
+
+    async fn join_exporters(&mut self, deadline: Instant) -> Vec<ExportReport> {
+        let mut reports = Vec::new();
+        let mut collect = |joined: Result<ExportReport, tokio::task::JoinError>| match joined {
+            Ok(report) => reports.push(report),
+            Err(error) => tracing::error!(%error, "An exporter task failed."),
+        };
+        loop {
+            match tokio::time::timeout_at(deadline, self.exporters.join_next()).await {
+                Ok(Some(joined)) => collect(joined),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!("Shutdown deadline reached; stopping exporters.");
+                    self.force_stop();
+                    while let Some(joined) = self.exporters.join_next().await {
+                        collect(joined);
+                    }
+                    break;
                 }
-                kept_in_log.push((destination, records));
             }
         }
-        reports.sort_by(|a, b| a.name.cmp(&b.name));
-        for report in &reports {
-            tracing::info!(
-                exporter = %report.name,
-                delivered = report.delivered,
-                failed = report.failed,
-                undelivered = report.undelivered,
-                "Exporter stopped."
-            );
-        }
-        self.admin_stop.cancel();
-        let _ = self.admin_task.await;
-        ShutdownReport {
-            exporters: reports,
-            sink,
-            durable: self.log.is_some(),
-            kept_in_log,
-            log: self.log.as_ref().map(|log| log.stats()),
+        reports
+    }
+
+    async fn join_sink(&mut self, deadline: Instant) -> Option<SinkReport> {
+        let mut handle = self.sink.take()?;
+        let joined = match tokio::time::timeout_at(deadline, &mut handle).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                self.force_stop();
+                handle.await
+            }
+        };
+        match joined {
+            Ok(report) => Some(report),
+            Err(error) => {
+                tracing::error!(%error, "The TimescaleDB sink task failed.");
+                None
+            }
         }
     }
 
-    /// Forced stop of the destinations: first freeze the log's cursors (what is abandoned
-    /// now stays in the log), then stop readers, exporters and the sink.
-    fn stop_destinations(&self) {
+    /// Forced stop: first freeze the log's cursors (what is abandoned now stays in the log),
+    /// then stop readers, exporters and the sink.
+    fn force_stop(&self) {
         if let Some(log) = &self.log {
             log.freeze();
         }
         self.readers_stop.cancel();
-        self.exporters_stop.cancel();
+        self.workers_stop.cancel();
+    }
+}
+
+/// The durable log and its maintenance task.
+struct DurableLog {
+    log: Arc<Log>,
+    maintenance_stop: CancellationToken,
+    maintenance: JoinHandle<()>,
+}
+
+impl DurableLog {
+    fn start_maintenance(log: Arc<Log>) -> Self {
+        let maintenance_stop = CancellationToken::new();
+        let maintenance = tokio::spawn(log.clone().maintenance(maintenance_stop.clone()));
+        DurableLog {
+            log,
+            maintenance_stop,
+            maintenance,
+        }
+    }
+
+    /// Waits until `deadline` for the writer to finish its last group.
+    async fn join_writer(&self, deadline: Instant) {
+        if tokio::time::timeout_at(deadline, self.log.join_writer())
+            .await
+            .is_err()
+        {
+            tracing::warn!("The durable log's writer did not finish before the deadline.");
+        }
+    }
+
+    /// Once the destinations have stopped: runs maintenance a last time, then returns per
+    /// destination the records kept for the next start, and what the log appended.
+    async fn close(self) -> (Vec<(String, u64)>, LogStats) {
+        self.maintenance_stop.cancel();
+        let _ = self.maintenance.await;
+        let final_log = self.log.clone();
+        let _ = tokio::task::spawn_blocking(move || final_log.maintain()).await;
+        let mut kept_in_log = Vec::new();
+        for (destination, records) in self.log.backlog() {
+            if records > 0 {
+                tracing::info!(
+                    %destination,
+                    records,
+                    "Kept in the durable log; delivered after the next start."
+                );
+            }
+            kept_in_log.push((destination, records));
+        }
+        (kept_in_log, self.log.stats())
     }
 }
 
@@ -440,7 +522,7 @@ pub struct ShutdownReport {
     /// Per destination, log records not yet finished (delivered on the next start).
     pub kept_in_log: Vec<(String, u64)>,
     /// What the durable log appended, when on.
-    pub log: Option<crate::pipeline::log::LogStats>,
+    pub log: Option<LogStats>,
 }
 
 impl ShutdownReport {
@@ -455,32 +537,5 @@ impl ShutdownReport {
                 .sink
                 .as_ref()
                 .map_or(0, |s| s.rows_undelivered + s.requests_undelivered)
-    }
-}
-
-/// Migrates the database (unless disabled), or only finds out whether TimescaleDB is there.
-async fn prepare_database(
-    pool: &deadpool_postgres::Pool,
-    config: &crate::sink::timescale::TimescaleSinkConfig,
-    extractor: &Extractor,
-) -> anyhow::Result<SchemaInfo> {
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| timescale::connect_error(config, &e))?;
-    if config.migrate_on_start {
-        Ok(timescale::migrate(&mut client, config, extractor.mappings()).await?)
-    } else {
-        let version = client
-            .query_typed_opt(
-                "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
-                &[],
-            )
-            .await?
-            .map(|row| row.get(0));
-        Ok(SchemaInfo {
-            timescaledb: version,
-            applied: Vec::new(),
-        })
     }
 }

@@ -3,10 +3,12 @@
 //! share one immutable copy of the request ([`Payload`] behind an `Arc`); its memory is given
 //! back to the budget when the last destination lets go of it.
 
+pub mod batching;
 mod budget;
 mod fanout;
 pub mod log;
 mod queue;
+pub mod retry;
 
 use std::sync::Arc;
 use std::time::Duration;

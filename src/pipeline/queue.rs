@@ -132,7 +132,11 @@ pub struct QueueReceiver {
     gauges: Arc<QueueStats>,
 }
 
-/// A bounded queue for the destination `name`.
+/// A bounded queue for the destination `name`. Its gauges are
+/// `otelgate_exporter_queue_depth` and `otelgate_exporter_queue_bytes` with the label
+/// `exporter` for every destination, the TimescaleDB sink's included
+/// (`exporter="timescale"`): dashboards, alert rules and users' queries read them by
+/// those names.
 pub fn queue(name: &str, capacity: usize) -> (QueueSender, QueueReceiver) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let gauges = Arc::new(QueueStats {

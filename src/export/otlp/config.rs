@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::retry::RetryConfig;
 use crate::config::ConfigError;
+use crate::pipeline::retry::RetryConfig;
 use crate::pipeline::QueueConfig;
 use crate::Signal;
 

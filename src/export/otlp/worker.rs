@@ -1,20 +1,22 @@
-//! The exporter's worker: reads its queue, batches per signal, sends with bounded concurrency,
-//! retries, and on shutdown drains what it can before reporting what it could not deliver.
+//! The exporter's worker: batches requests per signal in the pipeline's batching loop, sends
+//! each batch as one request with bounded concurrency, retries, and on shutdown reports what
+//! it could not deliver.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::Semaphore;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{BatchConfig, OtlpExporterConfig};
 use super::error::RetryDecision;
-use super::retry::{Backoff, RetryConfig};
 use super::OtlpClient;
+use crate::pipeline::batching::{self, BatchingDestination};
+use crate::pipeline::retry::{retry_limit, Retries, RetryConfig};
 use crate::pipeline::{Delivery, QueueReceiver};
 use crate::telemetry::{self, reason};
 use crate::Signal;
@@ -34,19 +36,29 @@ pub struct ExportReport {
 
 /// One OTLP destination: its queue, its client and its policies.
 pub struct OtlpExporter {
+    queue: QueueReceiver,
+    concurrency: usize,
+    batches: ExportBatches,
+}
+
+/// The exporter's side of the batching loop: one pending batch per signal, and what its
+/// send tasks need.
+struct ExportBatches {
     name: Arc<str>,
     client: OtlpClient,
-    queue: QueueReceiver,
     batch: BatchConfig,
     retry: RetryConfig,
-    concurrency: usize,
+    /// How long one batch is retried (see [`retry_limit`]).
+    retry_limit: Duration,
     /// Fed by the durable log: what is not delivered at a forced stop stays in the log.
     durable: bool,
+    pending: [PendingExport; 3],
+    tally: Arc<ExportTally>,
 }
 
 /// Requests of one signal waiting to be sent together.
 #[derive(Default)]
-struct Pending {
+struct PendingExport {
     parts: Vec<Delivery>,
     items: u64,
     bytes: usize,
@@ -55,14 +67,14 @@ struct Pending {
 
 /// A batch on its way: the payloads it covers stay alive (and in the memory budget) until
 /// the batch's outcome is known.
-struct Batch {
+struct ExportBatch {
     signal: Signal,
     parts: Vec<Delivery>,
     items: u64,
     bytes: usize,
 }
 
-impl Batch {
+impl ExportBatch {
     /// Concatenated protobuf messages parse as one message whose repeated fields are the
     /// concatenation of theirs, so merging requests is appending their bytes.
     fn body(&self) -> Bytes {
@@ -77,9 +89,9 @@ impl Batch {
     }
 }
 
-/// Counters shared by the worker and its send tasks.
+/// Counters shared by the exporter and its send tasks.
 #[derive(Default)]
-struct Tally {
+struct ExportTally {
     delivered: AtomicU64,
     failed: AtomicU64,
     /// Items per signal in batches that have started but have no outcome yet.
@@ -87,93 +99,51 @@ struct Tally {
 }
 
 impl OtlpExporter {
+    /// An exporter reading `queue`; `durable` when the durable log feeds the queue (see
+    /// [`ExportReport::undelivered`] and [`retry_limit`]).
     pub fn new(
         name: &str,
         config: &OtlpExporterConfig,
         client: OtlpClient,
         queue: QueueReceiver,
+        durable: bool,
     ) -> Self {
         OtlpExporter {
-            name: name.into(),
-            client,
             queue,
-            batch: config.batch.clone(),
-            retry: config.retry.clone(),
             concurrency: config.concurrency,
-            durable: false,
+            batches: ExportBatches {
+                name: name.into(),
+                client,
+                batch: config.batch.clone(),
+                retry: config.retry.clone(),
+                retry_limit: retry_limit(durable, config.retry.max_elapsed()),
+                durable,
+                pending: Default::default(),
+                tally: Arc::default(),
+            },
         }
-    }
-
-    /// Marks this exporter as fed by the durable log (see [`ExportReport::undelivered`]).
-    pub fn durable(mut self) -> Self {
-        self.durable = true;
-        self
     }
 
     /// Runs until the queue is closed and drained (graceful) or `stop` fires (forced).
     pub async fn run(mut self, stop: CancellationToken) -> ExportReport {
-        let tally = Arc::new(Tally::default());
-        let slots = Arc::new(Semaphore::new(self.concurrency));
-        let mut tasks = JoinSet::new();
-        let mut pending: [Pending; 3] = Default::default();
-        // Batches that could not start because `stop` fired first.
-        let mut stranded: Vec<Batch> = Vec::new();
-        loop {
-            let next_deadline = pending.iter().filter_map(|p| p.deadline).min();
-            let ready: Vec<Batch> = tokio::select! {
-                biased;
-                () = stop.cancelled() => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-                // Deadlines before the queue: under steady load a partial batch of a quiet
-                // signal still leaves on time.
-                () = sleep_until(next_deadline), if next_deadline.is_some() => {
-                    let now = Instant::now();
-                    pending
-                        .iter_mut()
-                        .filter(|p| p.deadline.is_some_and(|d| d <= now))
-                        .map(take)
-                        .collect()
-                }
-                received = self.queue.recv() => match received {
-                    Some(payload) => self.add(&mut pending[payload.signal.index()], payload),
-                    None => break,
-                },
-            };
-            for batch in ready {
-                if let Err(batch) = self.launch(batch, &slots, &mut tasks, &tally, &stop).await {
-                    stranded.push(batch);
-                }
-            }
-            if !stranded.is_empty() {
-                break;
-            }
-        }
-        if !stop.is_cancelled() {
-            // The queue is closed: send what is batched, then wait for every batch's outcome.
-            for batch in pending.iter_mut().filter(|p| !p.parts.is_empty()).map(take) {
-                if let Err(batch) = self.launch(batch, &slots, &mut tasks, &tally, &stop).await {
-                    stranded.push(batch);
-                }
-            }
-            tokio::select! {
-                () = async { while tasks.join_next().await.is_some() {} } => {}
-                () = stop.cancelled() => {}
-            }
-        }
-        tasks.shutdown().await;
-        // Whatever is still counted in flight was aborted by the forced stop.
+        batching::drive(&mut self.batches, &mut self.queue, self.concurrency, &stop).await;
+        self.batches.report(&mut self.queue)
+    }
+}
+
+impl ExportBatches {
+    /// Counts and reports what was not delivered (items of aborted batches are still counted
+    /// in flight), and returns the exporter's report.
+    fn report(&self, queue: &mut QueueReceiver) -> ExportReport {
+        let tally = &self.tally;
         let mut undelivered: [u64; 3] =
             std::array::from_fn(|i| tally.in_flight[i].load(Ordering::Relaxed));
-        for payload in self.queue.drain_now() {
+        for payload in queue.drain_now() {
             undelivered[payload.signal.index()] += payload.items;
         }
-        for batch in pending
-            .iter()
-            .map(|p| (p.parts.first(), p.items))
-            .chain(stranded.iter().map(|b| (b.parts.first(), b.items)))
-        {
-            if let (Some(first), items) = batch {
-                undelivered[first.signal.index()] += items;
+        for pending in &self.pending {
+            if let Some(first) = pending.parts.first() {
+                undelivered[first.signal.index()] += pending.items;
             }
         }
         for signal in Signal::ALL {
@@ -193,95 +163,101 @@ impl OtlpExporter {
         }
     }
 
-    /// Adds a request to its signal's pending batch; returns the batches now ready to go
-    /// (the previous one if this request would overflow its byte limit, and this one if full).
-    fn add(&self, slot: &mut Pending, payload: Delivery) -> Vec<Batch> {
-        let mut ready = Vec::new();
-        if !slot.parts.is_empty() && slot.bytes + payload.body.len() > self.batch.max_bytes {
-            ready.push(take(slot));
+    /// Takes the pending batch of signal `index`, leaving an empty one.
+    fn take(&mut self, index: usize) -> ExportBatch {
+        let pending = std::mem::take(&mut self.pending[index]);
+        ExportBatch {
+            signal: pending.parts.first().map_or(Signal::Traces, |p| p.signal),
+            parts: pending.parts,
+            items: pending.items,
+            bytes: pending.bytes,
         }
-        slot.items += payload.items;
-        slot.bytes += payload.body.len();
-        slot.parts.push(payload);
-        slot.deadline
-            .get_or_insert_with(|| Instant::now() + self.batch.max_wait());
-        if slot.items >= self.batch.max_items
-            || slot.bytes >= self.batch.max_bytes
-            || self.batch.max_wait() == Duration::ZERO
-        {
-            ready.push(take(slot));
-        }
-        ready
+    }
+}
+
+/// A due batch waits for a send slot, and the exporter reads nothing meanwhile: a slow
+/// backend fills its own queue, whose `when_full` policy then applies.
+impl BatchingDestination for ExportBatches {
+    const DUE_BATCH_WAITS_FOR_SLOT: bool = true;
+
+    fn batch_count(&self) -> usize {
+        self.pending.len()
     }
 
-    /// Waits for a free send slot and starts the batch; gives the batch back if `stop` fires first.
-    async fn launch(
-        &self,
-        batch: Batch,
-        slots: &Arc<Semaphore>,
-        tasks: &mut JoinSet<()>,
-        tally: &Arc<Tally>,
-        stop: &CancellationToken,
-    ) -> Result<(), Batch> {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            () = stop.cancelled() => return Err(batch),
-        };
+    fn deadline(&self, index: usize) -> Option<Instant> {
+        self.pending[index].deadline
+    }
+
+    fn is_pending(&self, index: usize) -> bool {
+        !self.pending[index].parts.is_empty()
+    }
+
+    /// The signal's pending batch leaves first if this request would take it over its byte
+    /// limit.
+    fn overflowed_by(&self, delivery: &Delivery, overflowed: &mut Vec<usize>) {
+        let index = delivery.signal.index();
+        let pending = &self.pending[index];
+        if !pending.parts.is_empty() && pending.bytes + delivery.body.len() > self.batch.max_bytes {
+            overflowed.push(index);
+        }
+    }
+
+    /// A new batch's deadline counts from when the request was received.
+    fn add(&mut self, delivery: Delivery, received: Instant, full: &mut Vec<usize>) {
+        let index = delivery.signal.index();
+        let max_wait = self.batch.max_wait();
+        let pending = &mut self.pending[index];
+        pending.items += delivery.items;
+        pending.bytes += delivery.body.len();
+        pending.parts.push(delivery);
+        pending.deadline.get_or_insert_with(|| received + max_wait);
+        if pending.items >= self.batch.max_items
+            || pending.bytes >= self.batch.max_bytes
+            || max_wait == Duration::ZERO
+        {
+            full.push(index);
+        }
+    }
+
+    fn start(&mut self, index: usize, slot: OwnedSemaphorePermit, tasks: &mut JoinSet<()>) {
+        let batch = self.take(index);
         let labels = [
             ("exporter", self.name.to_string()),
             ("signal", batch.signal.as_str().to_owned()),
         ];
         metrics::histogram!(telemetry::EXPORTER_BATCH_ITEMS, &labels).record(batch.items as f64);
         metrics::histogram!(telemetry::EXPORTER_BATCH_BYTES, &labels).record(batch.bytes as f64);
-        tally.in_flight[batch.signal.index()].fetch_add(batch.items, Ordering::Relaxed);
-        let sender = Sender {
+        self.tally.in_flight[batch.signal.index()].fetch_add(batch.items, Ordering::Relaxed);
+        let sender = BatchSender {
             name: self.name.clone(),
             client: self.client.clone(),
             retry: self.retry.clone(),
-            tally: tally.clone(),
+            retry_limit: self.retry_limit,
+            tally: self.tally.clone(),
         };
         tasks.spawn(async move {
             sender.deliver(batch).await;
-            drop(permit);
+            drop(slot);
         });
-        Ok(())
-    }
-}
-fn take(slot: &mut Pending) -> Batch {
-    let parts = std::mem::take(&mut slot.parts);
-    let batch = Batch {
-        signal: parts.first().map_or(Signal::Traces, |p| p.signal),
-        parts,
-        items: slot.items,
-        bytes: slot.bytes,
-    };
-    *slot = Pending::default();
-    batch
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 
 /// What a send task needs.
-struct Sender {
+struct BatchSender {
     name: Arc<str>,
     client: OtlpClient,
     retry: RetryConfig,
-    tally: Arc<Tally>,
+    retry_limit: Duration,
+    tally: Arc<ExportTally>,
 }
 
-impl Sender {
+impl BatchSender {
     /// Sends one batch until it succeeds, fails for good, or runs out of retry time.
-    async fn deliver(self, batch: Batch) {
+    async fn deliver(self, batch: ExportBatch) {
         let signal = batch.signal;
         let name = self.name.to_string();
         let body = batch.body();
-        let started = Instant::now();
-        let mut backoff = Backoff::new(&self.retry);
+        let mut retries = Retries::new(&self.retry, self.retry_limit);
         let outcome = loop {
             let error = match self.client.export(signal, body.clone()).await {
                 Ok(None) => break Outcome::Delivered,
@@ -295,18 +271,16 @@ impl Sender {
                 RetryDecision::After(_) if !self.retry.enabled => {
                     break Outcome::Failed(reason::RETRIES_EXHAUSTED, error.to_string())
                 }
-                RetryDecision::After(requested) => {
-                    requested.unwrap_or_else(|| backoff.next_delay())
-                }
+                RetryDecision::After(requested) => match retries.next_delay(requested) {
+                    Some(delay) => delay,
+                    None => break Outcome::Failed(reason::RETRIES_EXHAUSTED, error.to_string()),
+                },
             };
-            if started.elapsed() + delay > self.retry.max_elapsed() {
-                break Outcome::Failed(reason::RETRIES_EXHAUSTED, error.to_string());
-            }
             metrics::counter!(telemetry::EXPORTER_RETRIES, "exporter" => name.clone(), "signal" => signal.as_str()).increment(1);
             tracing::debug!(exporter = %name, %signal, %error, delay_ms = delay.as_millis() as u64, "Export failed; will retry.");
             tokio::time::sleep(delay).await;
         };
-        let elapsed = started.elapsed().as_secs_f64();
+        let elapsed = retries.elapsed().as_secs_f64();
         let (delivered, failed, label) = match outcome {
             Outcome::Delivered => (batch.items, 0, "ok"),
             Outcome::Partial(partial) => {

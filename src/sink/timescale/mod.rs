@@ -15,6 +15,7 @@ pub mod sink;
 mod tls;
 mod tls_connect;
 mod view;
+mod writer;
 
 pub use config::{LlmPrice, TimescaleSinkConfig};
 pub use copy::{Batch, Cell, RowWriter, Rows};
@@ -23,5 +24,6 @@ pub use extract::{Extractor, RowBatch};
 pub use ledger::{Committed, LedgerKey, LedgerRange, RowKey};
 pub use mapping::{mapping_columns, ColumnType, Mapping, MappingConfig, RecordKind};
 pub use schema::{migrate, SchemaInfo};
-pub use sink::{ledger_keys, LogLedger, SinkReport, TimescaleSink};
+pub use sink::{prepare_database, LogLedger, SinkReport, TimescaleSink};
 pub use tls::SslMode;
+pub use writer::{copy_batch, CopyOutcome, LedgerClaim};

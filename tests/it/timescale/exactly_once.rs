@@ -85,7 +85,8 @@ async fn killed_connections_lose_and_duplicate_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_skips_a_replayed_batch() {
-    use otelgate::sink::timescale::sink::{copy_batch, pool, LedgerClaim, Written};
+    use otelgate::sink::timescale::sink::pool;
+    use otelgate::sink::timescale::{copy_batch, CopyOutcome, LedgerClaim};
     use otelgate::sink::timescale::{Cell, Rows};
     let pg = TempPostgres::start(false).unwrap();
     let config = sink_config(&pg.url());
@@ -110,18 +111,18 @@ async fn the_ledger_skips_a_replayed_batch() {
     let id = uuid::Uuid::new_v4();
     assert_eq!(
         copy_batch(&pool, sql, &data, 3, claim(id)).await.unwrap(),
-        Written::Committed
+        CopyOutcome::Committed
     );
     assert_eq!(
         copy_batch(&pool, sql, &data, 3, claim(id)).await.unwrap(),
-        Written::AlreadyCommitted
+        CopyOutcome::AlreadyCommitted
     );
     let other = uuid::Uuid::new_v4();
     assert_eq!(
         copy_batch(&pool, sql, &data, 3, claim(other))
             .await
             .unwrap(),
-        Written::Committed
+        CopyOutcome::Committed
     );
     // Two attempts of one batch at the same time (a retry racing a slow COMMIT): one writes.
     let racing = uuid::Uuid::new_v4();
@@ -130,8 +131,11 @@ async fn the_ledger_skips_a_replayed_batch() {
         copy_batch(&pool, sql, &data, 3, claim(racing))
     );
     let mut outcomes = [a.unwrap(), b.unwrap()];
-    outcomes.sort_by_key(|w| matches!(w, Written::AlreadyCommitted));
-    assert_eq!(outcomes, [Written::Committed, Written::AlreadyCommitted]);
+    outcomes.sort_by_key(|w| matches!(w, CopyOutcome::AlreadyCommitted));
+    assert_eq!(
+        outcomes,
+        [CopyOutcome::Committed, CopyOutcome::AlreadyCommitted]
+    );
     let db = connect(&pg.url()).await;
     assert_eq!(count(&db, "SELECT count(*) FROM frame_metadata").await, 9);
     assert_eq!(count(&db, "SELECT count(*) FROM otelgate_ledger").await, 3);

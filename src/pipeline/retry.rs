@@ -1,7 +1,11 @@
-//! Retry policy: exponential backoff with jitter, bounded by a maximum elapsed time. Whether a
-//! failure is retryable at all is decided by [`super::OtlpExportError::retry`], not here.
+//! How every destination retries a failed batch: exponential backoff with jitter, for at most
+//! a maximum elapsed time, which is unbounded while the durable log keeps what is not
+//! delivered ([`retry_limit`] decides that, once for all destinations). Whether a failure is
+//! retryable at all is decided by each destination's error type, not here.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rand::Rng;
 use serde::Deserialize;
@@ -75,6 +79,48 @@ impl RetryConfig {
     }
 }
 
+/// How long one batch may be retried. With the durable log on (`durable`), giving up would
+/// lose what the log keeps for the destination, so a batch is retried until it is delivered
+/// or the gateway stops (the log holds the backlog meanwhile); without it, for `bounded`.
+pub fn retry_limit(durable: bool, bounded: Duration) -> Duration {
+    if durable {
+        Duration::MAX
+    } else {
+        bounded
+    }
+}
+
+/// One batch's retries: the delays between attempts, and when to give up.
+#[derive(Debug, Clone)]
+pub struct Retries {
+    backoff: Backoff,
+    started: Instant,
+    limit: Duration,
+}
+
+impl Retries {
+    /// Starts the clock of a batch whose first attempt begins now; see [`retry_limit`].
+    pub fn new(config: &RetryConfig, limit: Duration) -> Self {
+        Retries {
+            backoff: Backoff::new(config),
+            started: Instant::now(),
+            limit,
+        }
+    }
+
+    /// The wait before the next attempt: the delay the destination `requested`, if any, or
+    /// the backoff's next step. `None` when waiting it would pass the limit: give up.
+    pub fn next_delay(&mut self, requested: Option<Duration>) -> Option<Duration> {
+        let delay = requested.unwrap_or_else(|| self.backoff.next_delay());
+        (self.started.elapsed() + delay <= self.limit).then_some(delay)
+    }
+
+    /// Time since the first attempt.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
 /// The delays of one batch's retries.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -105,6 +151,22 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_forever_only_with_the_durable_log() {
+        let bounded = Duration::from_millis(300);
+        assert_eq!(retry_limit(true, bounded), Duration::MAX);
+        assert_eq!(retry_limit(false, bounded), bounded);
+        let config = RetryConfig::default();
+        let mut forever = Retries::new(&config, retry_limit(true, bounded));
+        assert_eq!(
+            forever.next_delay(Some(Duration::from_secs(3600))),
+            Some(Duration::from_secs(3600))
+        );
+        let mut bounded = Retries::new(&config, retry_limit(false, bounded));
+        assert_eq!(bounded.next_delay(Some(Duration::from_secs(1))), None);
+        assert!(bounded.next_delay(None).is_some());
+    }
 
     #[test]
     fn grows_with_jitter_up_to_the_cap() {

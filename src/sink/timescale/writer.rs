@@ -1,0 +1,424 @@
+//! Writing one batch of rows: one transaction that claims the batch's id in the ledger, then
+//! COPYs the rows. A batch retried after an unknown outcome (connection lost around COMMIT)
+//! finds its id in the ledger and is skipped, so each row is committed once. Rows PostgreSQL
+//! refuses are isolated by splitting the batch and kept in `otelgate_rejected_rows`. Also the
+//! tables rows go to ([`Target`]) and the pruning of the ledger.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use futures_util::SinkExt;
+use tokio_postgres::types::Type;
+
+use super::copy::{Batch, Cell, Rows};
+use super::error::{Failure, TimescaleSinkError};
+use super::ledger::{LedgerKey, LedgerRange, RowKey};
+use super::mapping::{ColumnType, Mapping};
+use crate::pipeline::retry::{Retries, RetryConfig};
+use crate::telemetry::{self, reason};
+
+/// A table and the columns one mapping writes.
+#[derive(Debug)]
+pub(super) struct Target {
+    pub(super) table: String,
+    /// What the ledger knows the rows' mapping by.
+    pub(super) ledger: LedgerKey,
+    copy_sql: String,
+    /// The columns' types, to read a refused row back.
+    types: Vec<ColumnType>,
+    /// The rows are records rejected during extraction, for `otelgate_rejected_rows`.
+    rejections: bool,
+}
+
+impl Target {
+    fn new(table: &str, ledger: LedgerKey, columns: &[(String, ColumnType)]) -> Self {
+        let names: Vec<String> = columns.iter().map(|(c, _)| format!("\"{c}\"")).collect();
+        Target {
+            table: table.to_owned(),
+            ledger,
+            copy_sql: format!(
+                "COPY \"{table}\" ({}) FROM STDIN (FORMAT binary)",
+                names.join(", ")
+            ),
+            types: columns.iter().map(|(_, ty)| *ty).collect(),
+            rejections: false,
+        }
+    }
+
+    pub(super) fn mapping(mapping: &Mapping) -> Self {
+        let ledger = LedgerKey {
+            mapping: mapping.ledger_id.clone(),
+            fingerprint: mapping.fingerprint,
+        };
+        Target::new(
+            &mapping.table,
+            ledger,
+            &super::mapping::mapping_columns(mapping),
+        )
+    }
+
+    /// `otelgate_rejected_rows`, for records that every mapping together turned away: their
+    /// rows are numbered per record in mapping order, so the fingerprint covers all mappings.
+    pub(super) fn rejected(mappings: &[Mapping]) -> Self {
+        let columns = [
+            ("time", ColumnType::Timestamptz),
+            ("table_name", ColumnType::Text),
+            ("reason", ColumnType::Text),
+            ("record", ColumnType::Jsonb),
+        ];
+        let columns: Vec<(String, ColumnType)> =
+            columns.iter().map(|(n, t)| (n.to_string(), *t)).collect();
+        let mut fingerprint = crc32fast::Hasher::new();
+        for mapping in mappings {
+            fingerprint.update(&mapping.fingerprint.to_le_bytes());
+        }
+        let ledger = LedgerKey {
+            mapping: REJECTED_TABLE.to_owned(),
+            fingerprint: fingerprint.finalize(),
+        };
+        Target {
+            rejections: true,
+            ..Target::new(REJECTED_TABLE, ledger, &columns)
+        }
+    }
+}
+
+pub(super) const REJECTED_TABLE: &str = "otelgate_rejected_rows";
+
+/// Ledger ranges of this pseudo-mapping are what every mapping rejected together.
+pub(super) fn ledger_keys(mappings: &[Mapping]) -> Vec<LedgerKey> {
+    mappings
+        .iter()
+        .map(Target::mapping)
+        .chain(std::iter::once(Target::rejected(mappings)))
+        .map(|target| target.ledger)
+        .collect()
+}
+
+/// What the sink's write tasks did, counted in rows.
+#[derive(Default)]
+pub(super) struct SinkTally {
+    pub(super) written: AtomicU64,
+    pub(super) rejected: AtomicU64,
+    pub(super) failed: AtomicU64,
+    pub(super) in_flight: AtomicU64,
+}
+
+/// Counts U+0000 characters replaced in cells written for `table` (see `copy`).
+pub(super) fn count_nul_replaced(table: &str, replaced: u64) {
+    if replaced > 0 {
+        metrics::counter!(telemetry::SINK_NUL_REPLACED, "table" => table.to_owned())
+            .increment(replaced);
+    }
+}
+
+/// The `reason` label of rows given up after `failure`.
+fn given_up_reason(failure: Failure) -> &'static str {
+    if failure == Failure::Transient {
+        reason::RETRIES_EXHAUSTED
+    } else {
+        "permanent"
+    }
+}
+
+pub(super) fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Writes batches; shared by the sink's write tasks.
+pub(super) struct SinkWriter {
+    pool: Pool,
+    pub(super) tally: SinkTally,
+    /// The delays between attempts of one batch.
+    retry: RetryConfig,
+    /// How long one batch is retried (see [`crate::pipeline::retry::retry_limit`]).
+    retry_limit: Duration,
+    rejected: Target,
+    /// The durable log's id, when rows come from it: ledger rows then record their range.
+    log_id: Option<uuid::Uuid>,
+}
+
+/// The outcome of [`copy_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyOutcome {
+    Committed,
+    /// Found in the ledger: an earlier attempt had committed it.
+    AlreadyCommitted,
+}
+
+/// The ledger row a batch claims: its id, and what it covers.
+#[derive(Debug, Clone, Copy)]
+pub struct LedgerClaim<'a> {
+    pub batch_id: uuid::Uuid,
+    /// The table the mapping fills (for people reading the ledger).
+    pub table: &'a str,
+    /// The mapping whose rows these are, for replays; `None` outside the durable log.
+    pub key: Option<&'a LedgerKey>,
+    pub range: Option<LedgerRange>,
+}
+
+/// Writes one batch of binary COPY `data` (`rows` rows) with `copy_sql` in one transaction
+/// that first claims `claim.batch_id` in the ledger. If the id is already there (an earlier
+/// attempt committed), or an attempt still in flight commits it while this one waits on the
+/// ledger row, nothing is written. Public for tests of the exactly-once contract.
+pub async fn copy_batch(
+    pool: &Pool,
+    copy_sql: &str,
+    data: &Bytes,
+    rows: usize,
+    claim: LedgerClaim<'_>,
+) -> Result<CopyOutcome, TimescaleSinkError> {
+    let mut client = pool.get().await.map_err(TimescaleSinkError::from)?;
+    let tx = client.transaction().await?;
+    let (log_id, first_seq, first_row, last_seq, last_row) = match claim.range {
+        Some(r) => (
+            Some(r.log_id),
+            Some(r.first.0 as i64),
+            Some(r.first.1 as i32),
+            Some(r.last.0 as i64),
+            Some(r.last.1 as i32),
+        ),
+        None => (None, None, None, None, None),
+    };
+    let mapping = claim.key.map(|k| k.mapping.as_str());
+    let fingerprint = claim.key.map(|k| i64::from(k.fingerprint));
+    let claimed = tx
+        .execute_typed(
+            "INSERT INTO otelgate_ledger (batch_id, table_name, row_count, log_id, first_seq, first_row, last_seq, last_row, mapping, mapping_fingerprint) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (batch_id) DO NOTHING",
+            &[
+                (&claim.batch_id, Type::UUID),
+                (&claim.table, Type::TEXT),
+                (&(rows as i64), Type::INT8),
+                (&log_id, Type::UUID),
+                (&first_seq, Type::INT8),
+                (&first_row, Type::INT4),
+                (&last_seq, Type::INT8),
+                (&last_row, Type::INT4),
+                (&mapping, Type::TEXT),
+                (&fingerprint, Type::INT8),
+            ],
+        )
+        .await?;
+    if claimed == 0 {
+        tx.rollback().await?;
+        return Ok(CopyOutcome::AlreadyCommitted);
+    }
+    // Prepared and dropped (closed) inside the transaction: nothing outlives it on the
+    // server connection, which PgBouncer in transaction mode may hand to someone else.
+    let statement = tx.prepare(copy_sql).await?;
+    let sink = tx.copy_in::<_, Bytes>(&statement).await?;
+    futures_util::pin_mut!(sink);
+    sink.send(data.clone()).await?;
+    sink.finish().await?;
+    drop(statement);
+    tx.commit().await?;
+    Ok(CopyOutcome::Committed)
+}
+
+impl SinkWriter {
+    pub(super) fn new(
+        pool: Pool,
+        retry_limit: Duration,
+        rejected: Target,
+        log_id: Option<uuid::Uuid>,
+    ) -> Self {
+        SinkWriter {
+            pool,
+            tally: SinkTally::default(),
+            retry: RetryConfig {
+                initial_backoff_ms: 50,
+                max_backoff_ms: 5_000,
+                ..RetryConfig::default()
+            },
+            retry_limit,
+            rejected,
+            log_id,
+        }
+    }
+
+    /// Writes rows to `target`, isolating rows the database refuses.
+    pub(super) async fn write(
+        &self,
+        target: &Target,
+        rows: Batch,
+        keys: Vec<RowKey>,
+        oldest: Option<std::time::Instant>,
+    ) {
+        let mut stack = vec![(rows, keys)];
+        while let Some((rows, mut keys)) = stack.pop() {
+            let count = rows.len() as u64;
+            let range = self.range(&keys);
+            match self.write_batch(target, target, &rows, range).await {
+                Ok(()) if target.rejections => {
+                    self.tally.rejected.fetch_add(count, Ordering::Relaxed);
+                }
+                Ok(()) => {
+                    self.tally.written.fetch_add(count, Ordering::Relaxed);
+                    metrics::counter!(telemetry::SINK_ROWS, "table" => target.table.clone())
+                        .increment(count);
+                    if let Some(oldest) = oldest {
+                        metrics::histogram!(telemetry::SINK_RECEIVE_TO_COMMIT_SECONDS, "table" => target.table.clone())
+                            .record(oldest.elapsed().as_secs_f64());
+                    }
+                }
+                Err((Failure::BadData, _)) if rows.len() > 1 => {
+                    let (left, right) = rows.split_at(rows.len() / 2);
+                    let right_keys = keys.split_off(keys.len().min(left.len()));
+                    stack.push((right, right_keys));
+                    stack.push((left, keys));
+                }
+                Err((Failure::BadData, message)) => {
+                    let record = match rows.decode_row(0, &target.types) {
+                        Some(cells) => cells.iter().map(Cell::to_json).collect(),
+                        None => serde_json::Value::Null,
+                    };
+                    // Under the target's mapping in the ledger, so a replay skips this row too.
+                    let mut rejected = Rows::default();
+                    rejected.push(&[
+                        Cell::Timestamp(now_nanos()),
+                        Cell::Text(target.table.clone()),
+                        Cell::Text(message.clone()),
+                        Cell::json(&serde_json::json!({ "row": record })),
+                    ]);
+                    count_nul_replaced(REJECTED_TABLE, rejected.take_nul_replaced());
+                    match self
+                        .write_batch(&self.rejected, target, &rejected.into_batch(), range)
+                        .await
+                    {
+                        Ok(()) => {
+                            self.tally.rejected.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!(telemetry::SINK_REJECTED_ROWS, "table" => target.table.clone(), "reason" => "database").increment(1);
+                            tracing::warn!(table = %target.table, error = %message, "PostgreSQL refused a row; kept in otelgate_rejected_rows.");
+                        }
+                        Err((failure, kept)) => {
+                            let why = given_up_reason(failure);
+                            self.tally.failed.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!(telemetry::SINK_FAILED_ROWS, "table" => target.table.clone(), "reason" => why).increment(1);
+                            tracing::error!(table = %target.table, error = %message, rejected_rows_error = %kept, reason = why, "PostgreSQL refused a row, and it cannot be kept in otelgate_rejected_rows either; the row is given up.");
+                        }
+                    }
+                }
+                Err((failure, message)) => {
+                    let why = given_up_reason(failure);
+                    self.tally.failed.fetch_add(count, Ordering::Relaxed);
+                    metrics::counter!(telemetry::SINK_FAILED_ROWS, "table" => target.table.clone(), "reason" => why).increment(count);
+                    tracing::error!(table = %target.table, rows = count, reason = why, error = %message, "Batch given up.");
+                }
+            }
+        }
+    }
+
+    /// The ledger range of rows with `keys` (in log order), when they come from the log.
+    fn range(&self, keys: &[RowKey]) -> Option<LedgerRange> {
+        Some(LedgerRange {
+            log_id: self.log_id?,
+            first: *keys.first()?,
+            last: *keys.last()?,
+        })
+    }
+
+    /// One batch, one id, retried on transient failures until the retry limit. The rows go to
+    /// `target`'s table; the ledger row is `ledger`'s (the same target, except for a refused
+    /// row kept in `otelgate_rejected_rows` in its mapping's place).
+    async fn write_batch(
+        &self,
+        target: &Target,
+        ledger: &Target,
+        rows: &Batch,
+        range: Option<LedgerRange>,
+    ) -> Result<(), (Failure, String)> {
+        let data = rows.data();
+        let batch_id = uuid::Uuid::new_v4();
+        let mut retries = Retries::new(&self.retry, self.retry_limit);
+        let mut attempt = 0u32;
+        loop {
+            let error = match self
+                .try_write(target, ledger, data, batch_id, rows.len(), range)
+                .await
+            {
+                Ok(written) => {
+                    if matches!(written, CopyOutcome::AlreadyCommitted) {
+                        metrics::counter!(telemetry::SINK_LEDGER_SKIPS, "table" => target.table.clone()).increment(1);
+                        tracing::info!(table = %target.table, %batch_id, "Batch was already committed; not written again.");
+                    }
+                    metrics::histogram!(telemetry::SINK_BATCH_ROWS, "table" => target.table.clone()).record(rows.len() as f64);
+                    return Ok(());
+                }
+                Err(error) => error,
+            };
+            let failure = error.failure();
+            if failure != Failure::Transient {
+                return Err((failure, error.to_string()));
+            }
+            let Some(delay) = retries.next_delay(None) else {
+                return Err((failure, error.to_string()));
+            };
+            metrics::counter!(telemetry::SINK_RETRIES, "table" => target.table.clone())
+                .increment(1);
+            if attempt == 0 {
+                tracing::warn!(table = %target.table, %error, "Batch write failed; will retry.");
+            }
+            attempt += 1;
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn try_write(
+        &self,
+        target: &Target,
+        ledger: &Target,
+        data: &Bytes,
+        batch_id: uuid::Uuid,
+        rows: usize,
+        range: Option<LedgerRange>,
+    ) -> Result<CopyOutcome, TimescaleSinkError> {
+        let started = std::time::Instant::now();
+        let claim = LedgerClaim {
+            batch_id,
+            table: &ledger.table,
+            key: range.is_some().then_some(&ledger.ledger),
+            range,
+        };
+        let written = copy_batch(&self.pool, &target.copy_sql, data, rows, claim).await?;
+        if matches!(written, CopyOutcome::Committed) {
+            metrics::histogram!(telemetry::SINK_COPY_SECONDS, "table" => target.table.clone())
+                .record(started.elapsed().as_secs_f64());
+        }
+        Ok(written)
+    }
+
+    /// Deletes ledger rows no retry or replay can need, and rejected rows older than `days`.
+    /// Rows of this gateway's log go once they end before the sink's saved cursor (`saved`),
+    /// whatever their age: a restart replays from that cursor and never reads them. Rows
+    /// written without the log (a retried batch only looks for its own id) go after `hours`.
+    /// Rows of other logs belong to other gateways sharing the database, which prune their own.
+    pub(super) async fn prune(&self, hours: u64, days: u64, saved: Option<(uuid::Uuid, u64)>) {
+        let result = async {
+            let client = self.pool.get().await.map_err(TimescaleSinkError::from)?;
+            // Both numbers come from the config, not from user data.
+            let sql = format!(
+                "DELETE FROM otelgate_ledger WHERE log_id IS NULL AND committed_at < now() - interval '{hours} hours';
+                 DELETE FROM otelgate_rejected_rows WHERE time < now() - interval '{days} days';"
+            );
+            client.batch_execute(&sql).await?;
+            if let Some((log_id, seq)) = saved {
+                client
+                    .execute_typed(
+                        "DELETE FROM otelgate_ledger WHERE log_id = $1 AND last_seq < $2",
+                        &[(&log_id, Type::UUID), (&(seq as i64), Type::INT8)],
+                    )
+                    .await?;
+            }
+            Ok::<_, TimescaleSinkError>(())
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, "Cannot prune the ledger and rejected rows; will try again later.");
+        }
+    }
+}
