@@ -1,8 +1,10 @@
-//! Wiring and staged shutdown. Start-up builds the pipeline from the back (destinations and
-//! their queues first, then the receivers that feed them) and binds every listener before
-//! reporting ready. Shutdown runs the other way: receivers stop accepting and finish in-flight
-//! requests, which drops the last queue senders; each destination then drains its queue and
-//! stops; whatever is left at the deadline is reported as undelivered.
+//! Wiring and staged shutdown. Start-up builds the pipeline from the back: the durable log (on
+//! by default) and each destination with its queue, fed by a reader of the log or, with the
+//! log off, by the fan-out; then the receivers, binding every listener before reporting ready.
+//! Shutdown runs the other way: receivers stop accepting and finish in-flight requests; the
+//! log's writer syncs and stops; each destination drains what it holds and stops; whatever is
+//! left at the deadline is reported as undelivered (with the log on, it stays in the log for
+//! the next start).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

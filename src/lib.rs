@@ -1,7 +1,10 @@
 //! otelgate: an OTLP ingestion gateway. It receives OTLP over gRPC and HTTP, admits requests
-//! against a memory budget and forwards each one, unchanged, to every configured backend
-//! through a queue of that backend's own, so that one slow or dead backend never slows the
-//! others. See `docs/ARCHITECTURE.md` for the shape of the whole.
+//! against a memory budget, appends each one to a durable log on disk and acknowledges it once
+//! synced; every destination (OTLP backends, unchanged, and the TimescaleDB sink, as typed
+//! rows) reads the log through its own cursor, so one slow or dead destination never slows
+//! the others. With the log off, requests go to per-destination queues in memory instead.
+//! See `docs/ARCHITECTURE.md` for the shape of the whole; the command line and its tools
+//! (`demo`, `load`, `testbed`) live in the `otelgate-cli` package (`cli/`).
 
 pub mod admin;
 pub mod app;
