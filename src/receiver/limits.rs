@@ -63,14 +63,7 @@ impl BodyLimitError {
 
     /// The [`BodyLimitError`] in `error`'s source chain, if any.
     pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyLimitError> {
-        let mut next = Some(error);
-        while let Some(error) = next {
-            if let Some(found) = error.downcast_ref::<BodyLimitError>() {
-                return Some(found);
-            }
-            next = error.source();
-        }
-        None
+        std::iter::successors(Some(error), |e| e.source()).find_map(|e| e.downcast_ref())
     }
 }
 

@@ -183,7 +183,7 @@ impl OtlpClient {
                     .body(body)
                     .send()
                     .await
-                    .map_err(|e| OtlpExportError::Transport(error_chain(&e)))?;
+                    .map_err(|e| OtlpExportError::Transport(chain(e)))?;
                 let status = response.status();
                 let retry_after = response
                     .headers()
@@ -193,7 +193,7 @@ impl OtlpClient {
                 let body = response
                     .bytes()
                     .await
-                    .map_err(|e| OtlpExportError::Transport(error_chain(&e)))?;
+                    .map_err(|e| OtlpExportError::Transport(chain(e)))?;
                 if status.is_success() {
                     Ok(partial_success(&body))
                 } else {
@@ -258,13 +258,7 @@ fn gzip_body(body: &[u8]) -> Bytes {
         .into()
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+/// `error` and its causes, `outer: inner: ...` (anyhow's alternate form).
+fn chain(error: impl std::error::Error + Send + Sync + 'static) -> String {
+    format!("{:#}", anyhow::Error::new(error))
 }
