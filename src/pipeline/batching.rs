@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Delivery, QueueReceiver};
 
 /// A destination's side of the batching loop. Its pending batches are numbered
-/// `0..batch_count()` (per signal for the exporter, per table for the sink).
+/// `0..batch_count()` (per signal for the exporter; for the sink, per mapping plus one for
+/// `otelgate_rejected_rows`).
 pub trait BatchingDestination {
     /// What a pending batch does when its deadline passes while every send slot is busy.
     /// `true`: the loop waits for a slot (and reads nothing meanwhile). `false`: the batch

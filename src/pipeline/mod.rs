@@ -1,7 +1,10 @@
-//! Between the receivers and the destinations: admission against a memory budget, and a
-//! fan-out that hands each accepted request to every destination's bounded queue. All queues
-//! share one immutable copy of the request ([`Payload`] behind an `Arc`); its memory is given
-//! back to the budget when the last destination lets go of it.
+//! Between the receivers and the destinations: admission against a memory budget, the durable
+//! log ([`log`], on by default: a request is appended and synced, then each destination's
+//! reader hands it to that destination's bounded queue) or, with the log off, a fan-out that
+//! hands each accepted request to every destination's queue directly. All queues share one
+//! immutable copy of the request ([`Payload`] behind an `Arc`). With the log on, its budget is
+//! returned once the append is synced; with it off, when the last destination lets go of it.
+//! [`batching`] is the loop every destination drives, [`retry`] their shared retry policy.
 
 pub mod batching;
 mod budget;
@@ -140,7 +143,8 @@ const fn default_shutdown_timeout_seconds() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Most request bytes held in memory at once, across all queues and in-flight batches.
+    /// Most request bytes held in memory at once: bodies being read and requests being
+    /// appended to the log (with the log off: also every queue and in-flight batch).
     /// Over it, new requests are refused with a throttling answer (gRPC RESOURCE_EXHAUSTED with
     /// RetryInfo, HTTP 429 with Retry-After) so clients back off and retry.
     #[serde(default = "default_memory_budget_bytes")]

@@ -1,5 +1,6 @@
 //! A destination's bounded queue of shared payloads, with its depth and bytes exported as
-//! gauges. The sender side lives in the fan-out; the receiver side in the destination's worker.
+//! gauges. The sender side lives in the destination's log reader (with the durable log, the
+//! default) or in the fan-out (log off); the receiver side in the destination's batching loop.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -117,7 +118,8 @@ impl QueueStats {
     }
 }
 
-/// The fan-out's end of a destination queue.
+/// The sending end of a destination queue: held by the destination's log reader, or by the
+/// fan-out with the log off.
 #[derive(Debug, Clone)]
 pub struct QueueSender {
     tx: mpsc::Sender<Delivery>,

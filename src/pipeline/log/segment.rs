@@ -12,8 +12,8 @@
 //! base offset plus its distance from the end of the header.
 //!
 //! A new segment is a new file, or a spare: a segment already read, reused because its
-//! blocks exist, so `fdatasync` need not also journal a growing file's size (measured in
-//! docs/BENCHMARKS.md). A reused file keeps its old records behind the new ones until they
+//! blocks exist, so `fdatasync` need not also journal a growing file's size (docs/BENCHMARKS.md,
+//! "Segment recycling"). A reused file keeps its old records behind the new ones until they
 //! are overwritten: reads and scans tell them apart by their sequence numbers.
 
 use std::fs::{self, File, OpenOptions};

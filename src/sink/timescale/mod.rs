@@ -1,4 +1,5 @@
-//! The TimescaleDB row sink: one more destination of the fan-out, with its own queue. It
+//! The TimescaleDB row sink: one more destination, with its own log reader (or, with the log
+//! off, its own queue in the fan-out) and the shared batching loop. It
 //! selects the records that describe the users' domain (frames, detections, LLM calls, and
 //! whatever user mappings name), converts them to typed rows, and writes them with binary
 //! COPY, exactly once per batch (a ledger row commits in the same transaction as the COPY).

@@ -2,7 +2,8 @@
 //! COPYs the rows. A batch retried after an unknown outcome (connection lost around COMMIT)
 //! finds its id in the ledger and is skipped, so each row is committed once. Rows PostgreSQL
 //! refuses are isolated by splitting the batch and kept in `otelgate_rejected_rows`. Also the
-//! tables rows go to ([`Target`]) and the pruning of the ledger.
+//! tables rows go to ([`Target`]) and the pruning of the ledger and of old
+//! `otelgate_rejected_rows`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
