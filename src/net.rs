@@ -2,6 +2,7 @@
 //! cancellation token fires; shared by the gRPC, HTTP and admin endpoints. TLS material is
 //! loaded here too, for servers and for exporter clients.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -258,6 +259,41 @@ pub async fn serve(
     limits: ConnectionLimits,
 ) {
     let config = limits.config.clone();
+    let builder = Arc::new(connection_builder(&config));
+    let tasks = TaskTracker::new();
+    let mut accept_errors =
+        crate::telemetry::RateLimitedWarning::new("Accept failed; retrying shortly.");
+    let open =
+        metrics::gauge!(crate::telemetry::RECEIVER_OPEN_CONNECTIONS, "server" => limits.server);
+    let shared = SharedByConnections {
+        builder,
+        tls,
+        router,
+        cancel,
+        config,
+        open,
+        server: limits.server,
+    };
+    loop {
+        let Some((stream, peer)) = accept(&listener, &mut accept_errors, &shared.cancel).await
+        else {
+            break;
+        };
+        // At the limit this client waits for a slot, and the listener accepts no one else
+        // meanwhile: later clients wait in the kernel's listen backlog, holding no descriptor
+        // of the gateway's.
+        let Some(permit) = acquire_slot(&limits.slots, &shared.cancel).await else {
+            break;
+        };
+        tasks.spawn(shared.connection(stream, peer, permit).run());
+    }
+    drop(listener);
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// The HTTP/1.1 and HTTP/2 connection builder for `config`.
+fn connection_builder(config: &ConnectionConfig) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -271,85 +307,156 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .initial_stream_window_size(config.http2_window_bytes)
         .initial_connection_window_size(config.http2_window_bytes);
-    let builder = Arc::new(builder);
-    let tasks = TaskTracker::new();
-    let mut accept_errors =
-        crate::telemetry::RateLimitedWarning::new("Accept failed; retrying shortly.");
-    let open =
-        metrics::gauge!(crate::telemetry::RECEIVER_OPEN_CONNECTIONS, "server" => limits.server);
+    builder
+}
+
+/// Accepts the next client; `None` once `cancel` fires. Accept errors are warned about (rate
+/// limited) and retried after a pause.
+async fn accept(
+    listener: &TcpListener,
+    accept_errors: &mut crate::telemetry::RateLimitedWarning,
+    cancel: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
     loop {
-        let (stream, peer) = tokio::select! {
+        tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => return Some(accepted),
                 Err(error) => {
                     // Out of file descriptors and similar: back off instead of spinning.
                     accept_errors.warn(&error);
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
                 }
             },
-            () = cancel.cancelled() => break,
-        };
-        // At the limit this client waits for a slot, and the listener accepts no one else
-        // meanwhile: later clients wait in the kernel's listen backlog, holding no descriptor
-        // of the gateway's.
-        let permit = tokio::select! {
-            permit = limits.slots.clone().acquire_owned() => permit.expect("never closed"),
-            () = cancel.cancelled() => break,
-        };
+            () = cancel.cancelled() => return None,
+        }
+    }
+}
+
+/// Waits for a connection slot; `None` once `cancel` fires.
+async fn acquire_slot(
+    slots: &Arc<Semaphore>,
+    cancel: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        permit = slots.clone().acquire_owned() => Some(permit.expect("never closed")),
+        () = cancel.cancelled() => None,
+    }
+}
+
+/// What every connection of one listener is given a handle to.
+struct SharedByConnections {
+    builder: Arc<Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    /// Shutdown: stops the accept loop and asks every connection to close.
+    cancel: CancellationToken,
+    config: ConnectionConfig,
+    open: metrics::Gauge,
+    server: &'static str,
+}
+
+impl SharedByConnections {
+    /// An accepted connection, ready to be served on its own task.
+    fn connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) -> Connection {
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
         let stream = ActivityIo {
             inner: stream,
             activity: activity.clone(),
         };
-        let service = TowerToHyperService::new(router.clone());
-        let builder = builder.clone();
-        let tls = tls.clone();
-        let cancel = cancel.clone();
-        let config = config.clone();
-        let open = open.clone();
-        let server = limits.server;
-        tasks.spawn(async move {
-            open.increment(1.0);
-            let result = match tls {
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    supervise(conn, &activity, &config, &cancel, server).await
-                }
-                Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(error)) => {
-                                tracing::debug!(%peer, %error, "TLS handshake failed.");
-                                open.decrement(1.0);
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out.");
-                                open.decrement(1.0);
-                                return;
-                            }
-                        };
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    supervise(conn, &activity, &config, &cancel, server).await
-                }
-            };
-            open.decrement(1.0);
-            if let Err(error) = result {
-                tracing::debug!(%peer, error = %DisplayError(&error), "Connection ended with an error.");
-            }
-            drop(permit);
-        });
+        Connection {
+            stream,
+            activity,
+            peer,
+            service: TowerToHyperService::new(self.router.clone()),
+            builder: self.builder.clone(),
+            tls: self.tls.clone(),
+            cancel: self.cancel.clone(),
+            config: self.config.clone(),
+            open: self.open.clone(),
+            server: self.server,
+            permit,
+        }
     }
-    drop(listener);
-    tasks.close();
-    tasks.wait().await;
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    stream: ActivityIo,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+    service: TowerToHyperService<Router>,
+    builder: Arc<Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
+    cancel: CancellationToken,
+    config: ConnectionConfig,
+    open: metrics::Gauge,
+    server: &'static str,
+    /// The connection's slot, given back when the connection ends.
+    permit: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    /// Serves the connection (after its TLS handshake, if any) until it ends.
+    async fn run(self) {
+        let Connection {
+            stream,
+            activity,
+            peer,
+            service,
+            builder,
+            tls,
+            cancel,
+            config,
+            open,
+            server,
+            permit,
+        } = self;
+        open.increment(1.0);
+        let result = match tls {
+            None => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                supervise(conn, &activity, &config, &cancel, server).await
+            }
+            Some(acceptor) => {
+                let Some(stream) = tls_handshake(&acceptor, stream, peer).await else {
+                    open.decrement(1.0);
+                    return;
+                };
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                supervise(conn, &activity, &config, &cancel, server).await
+            }
+        };
+        open.decrement(1.0);
+        if let Err(error) = result {
+            tracing::debug!(%peer, error = %DisplayError(&error), "Connection ended with an error.");
+        }
+        drop(permit);
+    }
+}
+
+/// Completes the TLS handshake within [`TLS_HANDSHAKE_TIMEOUT`]; `None` (logged) if it fails.
+async fn tls_handshake(
+    acceptor: &TlsAcceptor,
+    stream: ActivityIo,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<ActivityIo>> {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed.");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out.");
+            None
+        }
+    }
 }
 
 /// Runs one connection until it ends, asking it to close (HTTP/2 GOAWAY, HTTP/1.1 close after
