@@ -4,11 +4,11 @@
 //! say which databases they are for in their first line: `-- otelgate: all`, `timescaledb` or
 //! `plain`. Tables of user mappings are created (and grown by new columns) from the mappings.
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Transaction};
 
 use super::config::TimescaleSinkConfig;
 use super::error::TimescaleSinkError;
-use super::mapping::{self, Mapping, BUILTIN_TABLES};
+use super::mapping::{self, ColumnType, Mapping, BUILTIN_TABLES};
 
 /// Key of the advisory lock that serializes schema changes between gateways.
 const MIGRATION_LOCK: i64 = 0x6f74_656c_6761_7465; // "otelgate"
@@ -137,58 +137,69 @@ pub async fn migrate(
         if target != "all" && target != variant {
             continue;
         }
-        let fail = |source| TimescaleSinkError::Migration {
-            name: name.to_owned(),
-            source,
-        };
-        let tx = client.transaction().await.map_err(fail)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(fail)?;
-        let done = tx
-            .query_opt(
-                "SELECT 1 FROM otelgate_migrations WHERE name = $1",
-                &[&name],
-            )
-            .await
-            .map_err(fail)?
-            .is_some();
-        if done {
-            continue;
+        if apply_migration(client, name, sql).await? {
+            tracing::info!(migration = name, "Applied migration.");
+            applied.push(name.to_owned());
         }
-        tx.batch_execute(sql).await.map_err(fail)?;
-        tx.execute(
-            "INSERT INTO otelgate_migrations (name) VALUES ($1)",
+    }
+    update_mapping_tables(client, config, mappings, timescaledb.is_some()).await?;
+    Ok(SchemaInfo {
+        timescaledb,
+        applied,
+    })
+}
+
+/// Applies one migration unless the ledger says it was applied; returns whether it was.
+async fn apply_migration(
+    client: &mut Client,
+    name: &str,
+    sql: &str,
+) -> Result<bool, TimescaleSinkError> {
+    let fail = |source| TimescaleSinkError::Migration {
+        name: name.to_owned(),
+        source,
+    };
+    let tx = client.transaction().await.map_err(fail)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(fail)?;
+    let done = tx
+        .query_opt(
+            "SELECT 1 FROM otelgate_migrations WHERE name = $1",
             &[&name],
         )
         .await
-        .map_err(fail)?;
-        tx.commit().await.map_err(fail)?;
-        tracing::info!(migration = name, "Applied migration.");
-        applied.push(name.to_owned());
+        .map_err(fail)?
+        .is_some();
+    if done {
+        return Ok(false);
     }
+    tx.batch_execute(sql).await.map_err(fail)?;
+    tx.execute(
+        "INSERT INTO otelgate_migrations (name) VALUES ($1)",
+        &[&name],
+    )
+    .await
+    .map_err(fail)?;
+    tx.commit().await.map_err(fail)?;
+    Ok(true)
+}
 
-    // Tables of user mappings, and columns that mappings added since the table was created.
+/// Tables of user mappings, and columns that mappings added since the table was created;
+/// on TimescaleDB, also the hypertables of those tables and the built-in tables' retention.
+async fn update_mapping_tables(
+    client: &mut Client,
+    config: &TimescaleSinkConfig,
+    mappings: &[Mapping],
+    timescaledb: bool,
+) -> Result<(), TimescaleSinkError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     for (table, columns) in mapping::tables(mappings) {
-        let mut ddl = format!("CREATE TABLE IF NOT EXISTS {} (", quote(&table));
-        for (name, ty) in &columns {
-            let not_null = if name == "time" { " NOT NULL" } else { "" };
-            ddl.push_str(&format!("{} {}{not_null}, ", quote(name), ty.sql()));
-        }
-        ddl.push_str("ingested_at timestamptz NOT NULL DEFAULT clock_timestamp());");
-        for (name, ty) in &columns {
-            ddl.push_str(&format!(
-                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {};",
-                quote(&table),
-                quote(name),
-                ty.sql()
-            ));
-        }
-        tx.batch_execute(&ddl).await?;
-        if timescaledb.is_some() && !BUILTIN_TABLES.contains(&table.as_str()) {
+        tx.batch_execute(&mapping_table_ddl(&table, &columns))
+            .await?;
+        if timescaledb && !BUILTIN_TABLES.contains(&table.as_str()) {
             tx.execute(
                 "SELECT create_hypertable($1::text::regclass, 'time', chunk_time_interval => INTERVAL '1 day', if_not_exists => TRUE, migrate_data => TRUE)",
                 &[&table],
@@ -196,25 +207,50 @@ pub async fn migrate(
             .await?;
         }
     }
-    if timescaledb.is_some() {
-        for table in BUILTIN_TABLES {
-            tx.execute(
-                "SELECT remove_retention_policy($1::text::regclass, if_exists => TRUE)",
-                &[&table],
-            )
-            .await?;
-            if config.retention_days > 0 {
-                tx.execute(
-                    "SELECT add_retention_policy($1::text::regclass, make_interval(days => $2))",
-                    &[&table, &(config.retention_days as i32)],
-                )
-                .await?;
-            }
-        }
+    if timescaledb {
+        set_retention(&tx, config.retention_days).await?;
     }
     tx.commit().await?;
-    Ok(SchemaInfo {
-        timescaledb,
-        applied,
-    })
+    Ok(())
+}
+
+/// Creates a mapping's table if missing and adds the columns it lacks.
+fn mapping_table_ddl(table: &str, columns: &[(String, ColumnType)]) -> String {
+    let mut ddl = format!("CREATE TABLE IF NOT EXISTS {} (", quote(table));
+    for (name, ty) in columns {
+        let not_null = if name == "time" { " NOT NULL" } else { "" };
+        ddl.push_str(&format!("{} {}{not_null}, ", quote(name), ty.sql()));
+    }
+    ddl.push_str("ingested_at timestamptz NOT NULL DEFAULT clock_timestamp());");
+    for (name, ty) in columns {
+        ddl.push_str(&format!(
+            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {};",
+            quote(table),
+            quote(name),
+            ty.sql()
+        ));
+    }
+    ddl
+}
+
+/// Replaces the built-in tables' retention policies: none when `retention_days` is 0.
+async fn set_retention(
+    tx: &Transaction<'_>,
+    retention_days: u32,
+) -> Result<(), TimescaleSinkError> {
+    for table in BUILTIN_TABLES {
+        tx.execute(
+            "SELECT remove_retention_policy($1::text::regclass, if_exists => TRUE)",
+            &[&table],
+        )
+        .await?;
+        if retention_days > 0 {
+            tx.execute(
+                "SELECT add_retention_policy($1::text::regclass, make_interval(days => $2))",
+                &[&table, &(retention_days as i32)],
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
