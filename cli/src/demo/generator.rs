@@ -112,78 +112,10 @@ impl TelemetryGenerator {
         let end = now_nanos();
         let mut spans = Vec::with_capacity(frames + frames / 10);
         for _ in 0..frames {
-            self.sequence += 1;
-            let camera = self.rng.random_range(0..self.cameras);
-            let frame_id = format!("cam-{camera:02}-{:09}", self.sequence);
-            let processing_ms = self.rng.random_range(4.0..40.0);
-            let start = end - (processing_ms * 1e6) as u64;
-            let events = (0..self.rng.random_range(0..4))
-                .map(|i| span::Event {
-                    time_unix_nano: start + i * 1_000_000,
-                    name: "detection".into(),
-                    attributes: vec![
-                        kv_str(
-                            "object.class",
-                            CLASSES[self.rng.random_range(0..CLASSES.len())],
-                        ),
-                        kv_f64("detection.confidence", self.rng.random_range(0.30..0.99)),
-                        kv_f64("bbox.x", self.rng.random_range(0.0..1800.0)),
-                        kv_f64("bbox.y", self.rng.random_range(0.0..1000.0)),
-                        kv_f64("bbox.w", self.rng.random_range(10.0..300.0)),
-                        kv_f64("bbox.h", self.rng.random_range(10.0..300.0)),
-                        kv_int("track.id", self.rng.random_range(1..5000)),
-                    ],
-                    dropped_attributes_count: 0,
-                })
-                .collect();
-            let (trace_id, span_id) = self.ids();
-            let mut attributes = vec![
-                kv_str("camera.id", format!("cam-{camera:02}")),
-                kv_str("frame.id", frame_id),
-                kv_int("frame.sequence", self.sequence),
-                kv_int("frame.width", 1920),
-                kv_int("frame.height", 1080),
-                kv_f64("frame.processing_ms", processing_ms),
-                kv_str("frame.status", "ok"),
-            ];
-            if let Some(run) = &self.run {
-                attributes.push(kv_str("load.run", run.clone()));
-            }
-            spans.push(Span {
-                trace_id,
-                span_id,
-                name: "frame.process".into(),
-                kind: span::SpanKind::Internal as i32,
-                start_time_unix_nano: start,
-                end_time_unix_nano: end,
-                attributes,
-                events,
-                status: Some(Status::default()),
-                ..Default::default()
-            });
+            spans.push(self.frame_span(end));
         }
         for _ in 0..frames / 10 {
-            let (provider, model) = MODELS[self.rng.random_range(0..MODELS.len())];
-            let duration_ms = self.rng.random_range(200.0..3000.0);
-            let (trace_id, span_id) = self.ids();
-            spans.push(Span {
-                trace_id,
-                span_id,
-                name: format!("chat {model}"),
-                kind: span::SpanKind::Client as i32,
-                start_time_unix_nano: end - (duration_ms * 1e6) as u64,
-                end_time_unix_nano: end,
-                attributes: vec![
-                    kv_str("gen_ai.operation.name", "chat"),
-                    kv_str("gen_ai.provider.name", provider),
-                    kv_str("gen_ai.request.model", model),
-                    kv_str("gen_ai.response.model", model),
-                    kv_int("gen_ai.usage.input_tokens", self.rng.random_range(50..4000)),
-                    kv_int("gen_ai.usage.output_tokens", self.rng.random_range(10..800)),
-                ],
-                status: Some(Status::default()),
-                ..Default::default()
-            });
+            spans.push(self.llm_span(end));
         }
         let count = spans.len() as u64;
         let request = ExportTraceServiceRequest {
@@ -202,6 +134,89 @@ impl TelemetryGenerator {
             }],
         };
         (request, count)
+    }
+
+    /// The next frame's `frame.process` span, ending at `end`.
+    fn frame_span(&mut self, end: u64) -> Span {
+        self.sequence += 1;
+        let camera = self.rng.random_range(0..self.cameras);
+        let frame_id = format!("cam-{camera:02}-{:09}", self.sequence);
+        let processing_ms = self.rng.random_range(4.0..40.0);
+        let start = end - (processing_ms * 1e6) as u64;
+        let events = self.detections(start);
+        let (trace_id, span_id) = self.ids();
+        let mut attributes = vec![
+            kv_str("camera.id", format!("cam-{camera:02}")),
+            kv_str("frame.id", frame_id),
+            kv_int("frame.sequence", self.sequence),
+            kv_int("frame.width", 1920),
+            kv_int("frame.height", 1080),
+            kv_f64("frame.processing_ms", processing_ms),
+            kv_str("frame.status", "ok"),
+        ];
+        if let Some(run) = &self.run {
+            attributes.push(kv_str("load.run", run.clone()));
+        }
+        Span {
+            trace_id,
+            span_id,
+            name: "frame.process".into(),
+            kind: span::SpanKind::Internal as i32,
+            start_time_unix_nano: start,
+            end_time_unix_nano: end,
+            attributes,
+            events,
+            status: Some(Status::default()),
+            ..Default::default()
+        }
+    }
+
+    /// 0-3 `detection` events, a millisecond apart from `start`.
+    fn detections(&mut self, start: u64) -> Vec<span::Event> {
+        (0..self.rng.random_range(0..4))
+            .map(|i| span::Event {
+                time_unix_nano: start + i * 1_000_000,
+                name: "detection".into(),
+                attributes: vec![
+                    kv_str(
+                        "object.class",
+                        CLASSES[self.rng.random_range(0..CLASSES.len())],
+                    ),
+                    kv_f64("detection.confidence", self.rng.random_range(0.30..0.99)),
+                    kv_f64("bbox.x", self.rng.random_range(0.0..1800.0)),
+                    kv_f64("bbox.y", self.rng.random_range(0.0..1000.0)),
+                    kv_f64("bbox.w", self.rng.random_range(10.0..300.0)),
+                    kv_f64("bbox.h", self.rng.random_range(10.0..300.0)),
+                    kv_int("track.id", self.rng.random_range(1..5000)),
+                ],
+                dropped_attributes_count: 0,
+            })
+            .collect()
+    }
+
+    /// A GenAI `chat` client span of a random model, ending at `end`.
+    fn llm_span(&mut self, end: u64) -> Span {
+        let (provider, model) = MODELS[self.rng.random_range(0..MODELS.len())];
+        let duration_ms = self.rng.random_range(200.0..3000.0);
+        let (trace_id, span_id) = self.ids();
+        Span {
+            trace_id,
+            span_id,
+            name: format!("chat {model}"),
+            kind: span::SpanKind::Client as i32,
+            start_time_unix_nano: end - (duration_ms * 1e6) as u64,
+            end_time_unix_nano: end,
+            attributes: vec![
+                kv_str("gen_ai.operation.name", "chat"),
+                kv_str("gen_ai.provider.name", provider),
+                kv_str("gen_ai.request.model", model),
+                kv_str("gen_ai.response.model", model),
+                kv_int("gen_ai.usage.input_tokens", self.rng.random_range(50..4000)),
+                kv_int("gen_ai.usage.output_tokens", self.rng.random_range(10..800)),
+            ],
+            status: Some(Status::default()),
+            ..Default::default()
+        }
     }
 
     /// `records` camera status log records (INFO, a few WARN); not mapped to rows.
