@@ -197,10 +197,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     let endpoint = args
         .endpoint
         .clone()
-        .unwrap_or_else(|| match args.protocol.as_str() {
-            "http" => "http://127.0.0.1:4318".into(),
-            _ => "http://127.0.0.1:4317".into(),
-        });
+        .unwrap_or_else(|| default_endpoint(&args.protocol));
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let connections = args.connections.max(1);
     let batch = args.batch.max(1);
@@ -212,70 +209,13 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     let deadline = started + Duration::from_secs(args.duration);
     let mut tasks = tokio::task::JoinSet::new();
     for connection in 0..connections {
-        let mut client = Client::connect(&args.protocol, &endpoint).await?;
-        let mut generator = TelemetryGenerator::new(connection as u64 + 1).with_run(&run_id);
-        // Trace requests come from templates (see `template`), built before the clock starts.
-        let mut templates = (signal == Signal::Traces).then(|| {
-            let generator = TelemetryGenerator::new(connection as u64 + 1).with_run(&run_id);
-            TraceTemplates::new(generator, batch, connection as u64 + 1)
-        });
-        tasks.spawn(async move {
-            let mut tally = ConnectionTally::default();
-            let mut next = Instant::now();
-            while Instant::now() < deadline {
-                if let Some(interval) = interval {
-                    let now = Instant::now();
-                    if next > now {
-                        tokio::time::sleep(next - now).await;
-                    } else if now - next > interval {
-                        tally.behind += 1;
-                    }
-                    next += interval;
-                }
-                let (body, items, spans): (Bytes, u64, u64) = match signal {
-                    Signal::Traces => {
-                        let templates = templates.as_mut().expect("built for traces");
-                        let (body, spans) = templates.next(now_nanos());
-                        (body, batch as u64, spans)
-                    }
-                    Signal::Logs => {
-                        let (request, records) = generator.logs(batch);
-                        (request.encode_to_vec().into(), records, 0)
-                    }
-                    Signal::Metrics => {
-                        let (request, points) = generator.metrics();
-                        (request.encode_to_vec().into(), points, 0)
-                    }
-                };
-                tally.requests_sent += 1;
-                tally.items_sent += items;
-                let t0 = Instant::now();
-                match client.send(signal, body).await {
-                    Ok(()) => {
-                        tally.latencies.push(t0.elapsed());
-                        tally.requests_acknowledged += 1;
-                        tally.items_acknowledged += items;
-                        tally.spans_acknowledged += spans;
-                    }
-                    Err(status) => *tally.refusals.entry(status).or_default() += 1,
-                }
-            }
-            tally
-        });
+        let client = Client::connect(&args.protocol, &endpoint).await?;
+        let load = ConnectionLoad::new(client, signal, batch, connection as u64 + 1, &run_id);
+        tasks.spawn(load.run(interval, deadline));
     }
     let mut total = ConnectionTally::default();
     while let Some(joined) = tasks.join_next().await {
-        let tally = joined?;
-        total.requests_sent += tally.requests_sent;
-        total.requests_acknowledged += tally.requests_acknowledged;
-        total.items_sent += tally.items_sent;
-        total.items_acknowledged += tally.items_acknowledged;
-        total.spans_acknowledged += tally.spans_acknowledged;
-        total.behind += tally.behind;
-        for (status, n) in tally.refusals {
-            *total.refusals.entry(status).or_default() += n;
-        }
-        total.latencies.extend(tally.latencies);
+        total.add(joined?);
     }
     let seconds = started.elapsed().as_secs_f64();
     let database = match (&args.database_url, signal) {
@@ -284,25 +224,138 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         }
         _ => None,
     };
-    Ok(LoadReport {
-        protocol: args.protocol.clone(),
-        signal: args.signal.clone(),
-        connections,
-        batch,
-        target_rate: args.rate,
-        seconds,
-        requests_sent: total.requests_sent,
-        requests_acknowledged: total.requests_acknowledged,
-        items_sent: total.items_sent,
-        items_acknowledged: total.items_acknowledged,
-        items_per_second_offered: total.items_sent as f64 / seconds,
-        items_per_second_acknowledged: total.items_acknowledged as f64 / seconds,
-        requests_behind_schedule: total.behind,
-        refusals: total.refusals,
-        ack_latency_ms: Percentiles::of(&mut total.latencies),
-        spans_acknowledged: total.spans_acknowledged,
-        database,
-    })
+    Ok(total.into_report(args, connections, batch, seconds, database))
+}
+
+/// The gateway's local address for `protocol`.
+fn default_endpoint(protocol: &str) -> String {
+    match protocol {
+        "http" => "http://127.0.0.1:4318".into(),
+        _ => "http://127.0.0.1:4317".into(),
+    }
+}
+
+impl ConnectionTally {
+    /// Adds another connection's counts to these.
+    fn add(&mut self, other: ConnectionTally) {
+        self.requests_sent += other.requests_sent;
+        self.requests_acknowledged += other.requests_acknowledged;
+        self.items_sent += other.items_sent;
+        self.items_acknowledged += other.items_acknowledged;
+        self.spans_acknowledged += other.spans_acknowledged;
+        self.behind += other.behind;
+        for (status, n) in other.refusals {
+            *self.refusals.entry(status).or_default() += n;
+        }
+        self.latencies.extend(other.latencies);
+    }
+
+    /// The report of a run that lasted `seconds` and had these totals.
+    fn into_report(
+        mut self,
+        args: &LoadArgs,
+        connections: usize,
+        batch: usize,
+        seconds: f64,
+        database: Option<DatabaseReport>,
+    ) -> LoadReport {
+        LoadReport {
+            protocol: args.protocol.clone(),
+            signal: args.signal.clone(),
+            connections,
+            batch,
+            target_rate: args.rate,
+            seconds,
+            requests_sent: self.requests_sent,
+            requests_acknowledged: self.requests_acknowledged,
+            items_sent: self.items_sent,
+            items_acknowledged: self.items_acknowledged,
+            items_per_second_offered: self.items_sent as f64 / seconds,
+            items_per_second_acknowledged: self.items_acknowledged as f64 / seconds,
+            requests_behind_schedule: self.behind,
+            refusals: self.refusals,
+            ack_latency_ms: Percentiles::of(&mut self.latencies),
+            spans_acknowledged: self.spans_acknowledged,
+            database,
+        }
+    }
+}
+
+/// One connection's share of the load: its client and what it sends.
+struct ConnectionLoad {
+    client: Client,
+    signal: Signal,
+    batch: usize,
+    generator: TelemetryGenerator,
+    /// Trace requests come from templates (see `template`), built before the clock starts.
+    templates: Option<TraceTemplates>,
+}
+
+impl ConnectionLoad {
+    fn new(client: Client, signal: Signal, batch: usize, seed: u64, run_id: &str) -> Self {
+        let generator = TelemetryGenerator::new(seed).with_run(run_id);
+        let templates = (signal == Signal::Traces).then(|| {
+            let generator = TelemetryGenerator::new(seed).with_run(run_id);
+            TraceTemplates::new(generator, batch, seed)
+        });
+        ConnectionLoad {
+            client,
+            signal,
+            batch,
+            generator,
+            templates,
+        }
+    }
+
+    /// Sends one request at a time until `deadline`, one every `interval` when given.
+    async fn run(mut self, interval: Option<Duration>, deadline: Instant) -> ConnectionTally {
+        let mut tally = ConnectionTally::default();
+        let mut next = Instant::now();
+        while Instant::now() < deadline {
+            if let Some(interval) = interval {
+                let now = Instant::now();
+                if next > now {
+                    tokio::time::sleep(next - now).await;
+                } else if now - next > interval {
+                    tally.behind += 1;
+                }
+                next += interval;
+            }
+            let (body, items, spans) = self.next_request();
+            tally.requests_sent += 1;
+            tally.items_sent += items;
+            let t0 = Instant::now();
+            match self.client.send(self.signal, body).await {
+                Ok(()) => {
+                    tally.latencies.push(t0.elapsed());
+                    tally.requests_acknowledged += 1;
+                    tally.items_acknowledged += items;
+                    tally.spans_acknowledged += spans;
+                }
+                Err(status) => *tally.refusals.entry(status).or_default() += 1,
+            }
+        }
+        tally
+    }
+
+    /// The next request's body, its items and its spans.
+    fn next_request(&mut self) -> (Bytes, u64, u64) {
+        match self.signal {
+            Signal::Traces => {
+                let templates = self.templates.as_mut().expect("built for traces");
+                let (body, spans) = templates.next(now_nanos());
+                (body, self.batch as u64, spans)
+            }
+            Signal::Logs => {
+                let (request, records) = self.generator.logs(self.batch);
+                (request.encode_to_vec().into(), records, 0)
+            }
+            Signal::Metrics => {
+                let (request, points) = self.generator.metrics();
+                (request.encode_to_vec().into(), points, 0)
+            }
+        }
+    }
 }
 
 /// Waits for this run's frame rows (while they keep arriving), then measures their commit latency.
