@@ -18,6 +18,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
+use otelgate::app::ShutdownReport;
 use otelgate::export::otlp::{OtlpExporterConfig, Protocol};
 use otelgate::sink::timescale::{LlmPrice, TimescaleSinkConfig};
 use otelgate::{Config, Gateway, Signal};
@@ -115,6 +116,44 @@ async fn run_until(args: DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> 
     // The durable log lives in a throwaway directory, removed when the demo ends.
     let log_dir =
         TempDir(std::env::temp_dir().join(format!("otelgate-demo-log-{}", std::process::id())));
+    let config = gateway_config(&args, &log_dir, &lgtm, &uptrace, database.as_ref())?;
+    let gateway = Gateway::start(config).await.context(
+        "the demo needs the standard OTLP ports; pass --grpc/--http/--admin to use others",
+    )?;
+    print_setup(&args, &gateway, &lgtm, &uptrace);
+
+    let endpoint = format!("http://{}", gateway.grpc_addr());
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.seconds);
+    let mut tally = send_all(&endpoint, &args, deadline, stop).await?;
+    let sending = started.elapsed();
+
+    wait_for_backends(&tally, [&lgtm, &uptrace]).await;
+    let db = match &database {
+        Some(pg) => Some(wait_for_rows(&pg.url(), &tally).await?),
+        None => None,
+    };
+    let reports = gateway.shutdown().await;
+
+    let secs = sending.as_secs_f64();
+    print_counts(&tally, &lgtm, &uptrace);
+    print_delivery(&mut tally, &reports, secs);
+    print_samples(&uptrace);
+    if let (Some(db), Some(pg)) = (&db, &database) {
+        print_database(db, pg.timescaledb(), &tally, secs).await?;
+    }
+    Ok(())
+}
+
+/// The gateway's configuration: the demo's ports and durable log, both backends as
+/// exporters, and the TimescaleDB sink (with LLM prices) when there is a database.
+fn gateway_config(
+    args: &DemoArgs,
+    log_dir: &TempDir,
+    lgtm: &RecordingBackend,
+    uptrace: &RecordingBackend,
+    database: Option<&postgres::TempPostgres>,
+) -> anyhow::Result<Config> {
     let mut config = Config::default();
     config.log.dir = log_dir.0.clone();
     config.receiver.grpc_endpoint = args.grpc.clone();
@@ -130,7 +169,7 @@ async fn run_until(args: DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> 
         "http://demo_token@localhost:14318?grpc=14317".into(),
     );
     config.exporters.insert("uptrace".into(), uptrace_config);
-    if let Some(pg) = &database {
+    if let Some(pg) = database {
         let mut sink = TimescaleSinkConfig::new(pg.url());
         for (model, input, output) in [
             ("gpt-4o-mini", 0.15, 0.6),
@@ -148,10 +187,16 @@ async fn run_until(args: DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> 
         config.timescale = Some(sink);
     }
     config.validate()?;
-    let gateway = Gateway::start(config).await.context(
-        "the demo needs the standard OTLP ports; pass --grpc/--http/--admin to use others",
-    )?;
+    Ok(config)
+}
 
+/// Where the gateway and the backends listen, and what is about to be sent.
+fn print_setup(
+    args: &DemoArgs,
+    gateway: &Gateway,
+    lgtm: &RecordingBackend,
+    uptrace: &RecordingBackend,
+) {
     println!("otelgate demo");
     println!(
         "  gateway   OTLP/gRPC {}  OTLP/HTTP {}  metrics http://{}/metrics",
@@ -168,38 +213,48 @@ async fn run_until(args: DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> 
         "  sending frame/detection/LLM telemetry for {} s over {} gRPC connections (Ctrl-C stops early)...",
         args.seconds, args.connections
     );
+}
 
-    let endpoint = format!("http://{}", gateway.grpc_addr());
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.seconds);
+/// Sends over every client connection until `deadline` (or `stop`) and adds up what they
+/// tallied.
+async fn send_all(
+    endpoint: &str,
+    args: &DemoArgs,
+    deadline: Instant,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<ClientTally> {
     let mut clients = tokio::task::JoinSet::new();
     for connection in 0..args.connections.max(1) {
-        let endpoint = endpoint.clone();
+        let endpoint = endpoint.to_owned();
         let stop = stop.clone();
         let frames = args.frames_per_request.max(1);
         clients.spawn(send(endpoint, connection as u64, frames, deadline, stop));
     }
     let mut tally = ClientTally::default();
-    let collect = async {
-        while let Some(joined) = clients.join_next().await {
-            let part = joined??;
-            tally.requests += part.requests;
-            tally.spans += part.spans;
-            tally.frames += part.frames;
-            tally.detections += part.detections;
-            tally.llm += part.llm;
-            tally.logs += part.logs;
-            tally.points += part.points;
-            tally.errors += part.errors;
-            tally.latencies.extend(part.latencies);
-        }
-        anyhow::Ok(())
-    };
-    collect.await?;
-    let sending = started.elapsed();
+    while let Some(joined) = clients.join_next().await {
+        tally.add(joined??);
+    }
+    Ok(tally)
+}
 
-    // Wait (bounded) for both backends to receive everything that was acknowledged.
-    for backend in [&lgtm, &uptrace] {
+impl ClientTally {
+    /// Adds another client's counts to these.
+    fn add(&mut self, part: ClientTally) {
+        self.requests += part.requests;
+        self.spans += part.spans;
+        self.frames += part.frames;
+        self.detections += part.detections;
+        self.llm += part.llm;
+        self.logs += part.logs;
+        self.points += part.points;
+        self.errors += part.errors;
+        self.latencies.extend(part.latencies);
+    }
+}
+
+/// Waits (bounded) for both backends to receive everything that was acknowledged.
+async fn wait_for_backends(tally: &ClientTally, backends: [&RecordingBackend; 2]) {
+    for backend in backends {
         backend
             .wait_for(Signal::Traces, tally.spans, Duration::from_secs(10))
             .await;
@@ -210,13 +265,10 @@ async fn run_until(args: DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> 
             .wait_for(Signal::Metrics, tally.points, Duration::from_secs(2))
             .await;
     }
-    let db = match &database {
-        Some(pg) => Some(wait_for_rows(&pg.url(), &tally).await?),
-        None => None,
-    };
-    let reports = gateway.shutdown().await;
+}
 
-    let secs = sending.as_secs_f64();
+/// Requests and items acknowledged by the gateway and received by each backend.
+fn print_counts(tally: &ClientTally, lgtm: &RecordingBackend, uptrace: &RecordingBackend) {
     println!();
     println!(
         "  {:<22}{:>10}{:>12}{:>10}{:>14}",
@@ -226,10 +278,7 @@ async fn run_until(args: DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> 
         "  {:<22}{:>10}{:>12}{:>10}{:>14}",
         "acknowledged", tally.requests, tally.spans, tally.logs, tally.points
     );
-    for (name, backend) in [
-        ("received by lgtm", &lgtm),
-        ("received by uptrace", &uptrace),
-    ] {
+    for (name, backend) in [("received by lgtm", lgtm), ("received by uptrace", uptrace)] {
         println!(
             "  {:<22}{:>10}{:>12}{:>10}{:>14}",
             name,
@@ -239,6 +288,11 @@ async fn run_until(args: DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> 
             backend.items(Signal::Metrics)
         );
     }
+}
+
+/// Throughput and acknowledgement latency over `secs` of sending, then what each exporter,
+/// the sink and the durable log reported at shutdown.
+fn print_delivery(tally: &mut ClientTally, reports: &ShutdownReport, secs: f64) {
     println!();
     println!(
         "  throughput      {:.0} spans/s acknowledged ({:.0} requests/s, {} refused or failed)",
@@ -272,11 +326,6 @@ async fn run_until(args: DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> 
             log.records as f64 / log.syncs.max(1) as f64
         );
     }
-    print_samples(&uptrace);
-    if let (Some(db), Some(pg)) = (&db, &database) {
-        print_database(db, pg.timescaledb(), &tally, secs).await?;
-    }
-    Ok(())
 }
 
 async fn send(
