@@ -3,7 +3,8 @@
 //! the segments every cursor has passed (keeping a few as spares for the writer to reuse),
 //! and sets the log's gauges.
 
-use std::fs;
+use std::fs::{self, File};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,22 +124,43 @@ impl Log {
                 doomed.push(segment.path);
             }
         }
+        let mut renamed = Vec::new();
         for path in doomed {
             // Keep a couple of full segments for reuse: overwriting blocks a file already
             // has lets `fdatasync` skip the metadata update a growing file needs.
             let full =
                 fs::metadata(&path).is_ok_and(|m| m.len() >= self.shared.config.segment_bytes / 2);
-            let mut spares = self.shared.spares.lock().expect("spares lock");
-            if full && spares.len() < MAX_SPARES {
+            let room =
+                self.shared.spares.lock().expect("spares lock").len() + renamed.len() < MAX_SPARES;
+            if full && room {
                 let spare = path.with_extension("spare");
                 if fs::rename(&path, &spare).is_ok() {
-                    spares.push(spare);
+                    renamed.push(spare);
                     continue;
                 }
             }
-            drop(spares);
             if let Err(error) = fs::remove_file(&path) {
                 tracing::warn!(path = %path.display(), %error, "Cannot delete a read log segment.");
+            }
+        }
+        if !renamed.is_empty() {
+            self.keep_spares(renamed);
+        }
+    }
+
+    /// Hands segments renamed to spares to the writer once their new names are on disk: the
+    /// writer rewrites a spare's header, and a crash must not bring it back under its old
+    /// name, as a segment whose header says it starts at the head.
+    fn keep_spares(&self, renamed: Vec<PathBuf>) {
+        match File::open(&self.shared.log_dir).and_then(|dir| dir.sync_all()) {
+            Ok(()) => self
+                .shared
+                .spares
+                .lock()
+                .expect("spares lock")
+                .extend(renamed),
+            Err(error) => {
+                tracing::warn!(%error, "Cannot sync the log directory; its spare segments wait for a restart.")
             }
         }
     }

@@ -14,8 +14,9 @@
 //! cursors/<name>       per destination: "<seq> <offset>", everything before is done
 //! ```
 //!
-//! Recovery at start-up checks every record of the last segment; a torn or corrupt tail is
-//! cut off (counted in `otelgate_log_truncated_bytes_total` and logged). Records of older
+//! Recovery at start-up removes segment files whose header never reached the disk and checks
+//! every record of the last segment that has one; a torn or corrupt tail is cut off (counted
+//! in `otelgate_log_truncated_bytes_total` and logged). Records of older
 //! segments are checked when read; a corrupt one makes its reader skip to the next segment.
 //! Segments are retired (deleted, or kept as spares for reuse) when every cursor has passed
 //! them.
@@ -44,6 +45,8 @@ mod shared;
 mod status;
 mod writer;
 
+#[cfg(test)]
+mod recovery_tests;
 #[cfg(test)]
 mod tests;
 

@@ -1,6 +1,7 @@
 //! Opening the log, and recovering from a crash: the directory lock, the log's id, the
-//! segments found on disk (the last one checked record by record and its torn or corrupt
-//! tail cut off), the head, and where each destination resumes from its cursor file.
+//! segments found on disk (those without a header removed, the last one with a header
+//! checked record by record and its torn or corrupt tail cut off), the head, and where each
+//! destination resumes from its cursor file.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -129,42 +130,35 @@ fn register_counters() {
     }
 }
 
-/// Reads every segment's header and checks every record of the last one; older segments
-/// are checked as they are read.
+/// Reads every segment's header, removing the files without one, and checks every record of
+/// the last segment that has one: that is the tail, where a crash can have torn a write.
+/// Older segments are checked as they are read.
 fn recover_segments(log_dir: &Path) -> io::Result<Recovered> {
-    let mut names: Vec<(u64, PathBuf)> = fs::read_dir(log_dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter_map(|p| segment::parse_file_name(&p).map(|seq| (seq, p)))
-        .collect();
-    names.sort();
-    let mut segments = VecDeque::new();
-    let mut tail_records = 0;
-    let count = names.len();
-    for (index, (first_seq, path)) in names.into_iter().enumerate() {
-        let last = index + 1 == count;
-        let mut file = OpenOptions::new().read(true).write(true).open(&path)?;
-        let len = file.metadata()?.len();
-        let Some(base_offset) = segment::read_header(&mut file)? else {
-            // A segment whose header never reached the disk holds nothing.
-            tracing::warn!(path = %path.display(), bytes = len, "Removing a log segment without a valid header.");
-            metrics::counter!(telemetry::LOG_TRUNCATED_BYTES).increment(len);
-            fs::remove_file(&path)?;
+    let mut segments = segments_with_headers(log_dir)?;
+    let tail_records = loop {
+        let Some(tail) = segments.back() else {
+            break 0;
+        };
+        let scan = segment::scan(&tail.path, tail.first_seq)?;
+        let before = segments.len().checked_sub(2).map(|i| &segments[i]);
+        if scan.records == 0 && before.is_some_and(|b| tail.base_offset <= b.base_offset) {
+            // A spare renamed to the head's name before its header was rewritten (a crash
+            // while recycling it, when recycling renamed first): none of its records are
+            // this segment's, and its old base offset would put the head behind the data.
+            tracing::warn!(path = %tail.path.display(), "Removing a recycled log segment whose header was never rewritten.");
+            fs::remove_file(&tail.path)?;
+            segments.pop_back();
             continue;
-        };
-        let (len, first_received) = if last {
-            let scan = recover_tail(&mut file, &path, first_seq, len)?;
-            tail_records = scan.records;
-            (scan.valid_len, scan.first_received)
-        } else {
-            (len, segment::scan_first(&path, first_seq)?)
-        };
-        segments.push_back(SegmentMeta {
-            first_seq,
-            base_offset,
-            path,
-            len,
-            first_received,
-        });
+        }
+        let tail = segments.back_mut().expect("checked above");
+        cut_tail(tail, &scan)?;
+        tail.len = scan.valid_len;
+        tail.first_received = scan.first_received;
+        break scan.records;
+    };
+    let sealed = segments.len().saturating_sub(1);
+    for segment in segments.iter_mut().take(sealed) {
+        segment.first_received = segment::scan_first(&segment.path, segment.first_seq)?;
     }
     // A sealed segment ends where the next begins (a recycled file may be longer).
     for i in 1..segments.len() {
@@ -181,27 +175,53 @@ fn recover_segments(log_dir: &Path) -> io::Result<Recovered> {
     Ok(Recovered { segments, head })
 }
 
-/// Checks every record of the last segment (`file`, `len` bytes long) and cuts off a torn
-/// or corrupt tail, counted and logged, and the unwritten rest of a recycled file.
-fn recover_tail(
-    file: &mut File,
-    path: &Path,
-    first_seq: u64,
-    len: u64,
-) -> io::Result<segment::Scan> {
-    let scan = segment::scan(path, first_seq)?;
+/// The segment files in order, each as long as its file, and its header read. A file
+/// without a valid header holds nothing (a crash came before its header reached the disk):
+/// it is removed.
+fn segments_with_headers(log_dir: &Path) -> io::Result<VecDeque<SegmentMeta>> {
+    let mut names: Vec<(u64, PathBuf)> = fs::read_dir(log_dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| segment::parse_file_name(&p).map(|seq| (seq, p)))
+        .collect();
+    names.sort();
+    let mut segments = VecDeque::new();
+    for (first_seq, path) in names {
+        let mut file = File::open(&path)?;
+        let len = file.metadata()?.len();
+        let Some(base_offset) = segment::read_header(&mut file)? else {
+            tracing::warn!(path = %path.display(), bytes = len, "Removing a log segment without a valid header.");
+            metrics::counter!(telemetry::LOG_TRUNCATED_BYTES).increment(len);
+            fs::remove_file(&path)?;
+            continue;
+        };
+        segments.push_back(SegmentMeta {
+            first_seq,
+            base_offset,
+            path,
+            len,
+            first_received: None,
+        });
+    }
+    Ok(segments)
+}
+
+/// Cuts the tail segment after its last intact record, as `scan` found it: a torn or
+/// corrupt tail, counted and logged, and the unwritten rest of a recycled file.
+fn cut_tail(tail: &SegmentMeta, scan: &segment::Scan) -> io::Result<()> {
+    let path = &tail.path;
     if let Some(why) = scan.corrupt {
-        let cut = len - scan.valid_len;
+        let cut = tail.len - scan.valid_len;
         tracing::warn!(path = %path.display(), reason = why, intact_records = scan.records, truncated_bytes = cut, "The log's tail is torn or corrupt; truncating it.");
         metrics::counter!(telemetry::LOG_TRUNCATED_BYTES).increment(cut);
     }
-    if len > scan.valid_len {
+    if tail.len > scan.valid_len {
         // Also the unwritten rest of a recycled file: nothing after the last intact record
         // may be mistaken for data by a later scan.
+        let file = OpenOptions::new().write(true).open(path)?;
         file.set_len(scan.valid_len)?;
         file.sync_all()?;
     }
-    Ok(scan)
+    Ok(())
 }
 
 /// Spare segment files left by the last run (see `segment::recycle`).

@@ -253,23 +253,26 @@ pub(super) fn create(log_dir: &Path, at: super::Position) -> io::Result<(File, P
     Ok((file, path))
 }
 
-/// Starts the segment at `at` in a spare file: renamed, its header rewritten, positioned
-/// after the header. Its old records stay behind the new ones until overwritten; a scan
-/// tells them apart by their sequence numbers.
+/// Starts the segment at `at` in a spare file: its header rewritten, then renamed,
+/// positioned after the header. Its old records stay behind the new ones until overwritten;
+/// a scan tells them apart by their sequence numbers.
+///
+/// The header is on disk before the new name is: a crash in between leaves a spare (with a
+/// header it will get again), never a segment named after the head with an old base offset.
 pub(super) fn recycle(
     log_dir: &Path,
     spare: &Path,
     at: super::Position,
 ) -> io::Result<(File, PathBuf)> {
     let path = log_dir.join(file_name(at.seq));
-    fs::rename(spare, &path)?;
-    let mut file = OpenOptions::new().write(true).open(&path)?;
+    let mut file = OpenOptions::new().write(true).open(spare)?;
     file.write_all(&header(at.offset))?;
     // The first record must not be mistaken for the old one at the same place after a
     // crash that tears it: zero the old record's prefix.
     file.write_all(&[0u8; 8])?;
     file.seek(SeekFrom::Start(SEGMENT_HEADER))?;
     file.sync_data()?;
+    fs::rename(spare, &path)?;
     File::open(log_dir)?.sync_all()?;
     Ok((file, path))
 }

@@ -12,7 +12,7 @@ use super::{cursor, Log, LogConfig, Position};
 use crate::pipeline::{queue, MemoryBudget, Payload};
 use crate::Signal;
 
-fn config(dir: &Path) -> LogConfig {
+pub(super) fn config(dir: &Path) -> LogConfig {
     LogConfig {
         dir: dir.to_owned(),
         segment_bytes: 4096,
@@ -23,16 +23,27 @@ fn config(dir: &Path) -> LogConfig {
 }
 
 async fn append_all(log: &Log, count: usize) {
+    append_bodies(log, 0..count as u8).await;
+}
+
+/// Appends a 1000-byte body filled with each of `firsts`, then stops the writer. Returns
+/// where each record went.
+pub(super) async fn append_bodies(
+    log: &Log,
+    firsts: impl IntoIterator<Item = u8>,
+) -> Vec<Position> {
     let appender = log.take_appender().unwrap();
     let budget = MemoryBudget::new(1 << 20);
-    for i in 0..count {
-        let body = bytes::Bytes::from(vec![i as u8; 1000]);
+    let mut positions = Vec::new();
+    for first in firsts {
+        let body = bytes::Bytes::from(vec![first; 1000]);
         let permit = budget.try_admit(body.len()).unwrap();
         let payload = Arc::new(Payload::new(Signal::Logs, body, 1, permit));
-        appender.append(payload).await.unwrap();
+        positions.push(appender.append(payload).await.unwrap());
     }
     drop(appender);
     log.join_writer().await;
+    positions
 }
 
 /// Reads everything a new destination `name` gets from the log, starting at its cursor.
@@ -75,7 +86,7 @@ async fn a_corrupt_record_in_an_older_segment_skips_only_the_rest_of_that_segmen
 
 /// Starts destination `name`'s reader; the task returns the first byte of every body
 /// it got, once the log is closed and read to its end.
-fn spawn_reader(log: &Log, name: &str) -> tokio::task::JoinHandle<Vec<u8>> {
+pub(super) fn spawn_reader(log: &Log, name: &str) -> tokio::task::JoinHandle<Vec<u8>> {
     let (tx, mut rx) = queue(name, 1024);
     let reader = log
         .reader(name, &[Signal::Logs], tx, None, 1 << 20)
