@@ -218,10 +218,17 @@ impl LogReader {
         let (segment, next_segment) = self.shared.segment_for(at.seq).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotFound, "no segment holds the record")
         })?;
+        let within = at.offset.checked_sub(segment.base_offset).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "record at offset {} lies before its segment's base offset {}",
+                    at.offset, segment.base_offset
+                ),
+            )
+        })?;
         let mut reader = BufReader::with_capacity(1 << 20, File::open(&segment.path)?);
-        reader.seek(SeekFrom::Start(
-            SEGMENT_HEADER + (at.offset - segment.base_offset),
-        ))?;
+        reader.seek(SeekFrom::Start(SEGMENT_HEADER + within))?;
         Ok(DiskCursor {
             next_segment,
             reader,
