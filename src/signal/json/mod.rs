@@ -14,7 +14,7 @@
 //!   than that. The exception is a proto3 `optional` double (a histogram point's `sum`,
 //!   `min`, `max`), where `null` is how the Rust SDK's JSON writes "not set";
 //! - `null` for any other field means the field is absent, as in the protobuf JSON mapping;
-//! - trace and span ids are hex, of the length OTLP gives each (see [`wire::Id`]); `bytes`
+//! - trace and span ids are hex, of the length OTLP gives each (see [`Id`](super::schema::Id)); `bytes`
 //!   are base64 (standard or URL-safe alphabet, padding optional);
 //! - a key given twice, or two fields of one oneof (an `AnyValue` with both `stringValue`
 //!   and `intValue`), is refused rather than resolved by keeping the last.
@@ -23,14 +23,15 @@
 //! .spans[2].traceId`) and where in the document it is. The output is the protobuf that
 //! `prost` would write for the same request, up to the order of fields; `tests` checks it
 //! against `prost` on random requests and that damaged documents are refused, never
-//! panicked on or converted into protobuf that [`wire`] refuses.
+//! panicked on or converted into protobuf that validation (`wire`) refuses.
 
 use std::fmt;
 
 use base64::Engine as _;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::wire::{Msg, FIXED32, FIXED64, LEN, VARINT};
+use super::proto::{FIXED32, FIXED64, LEN, VARINT};
+use super::schema::Msg;
 use table::{fields, Field, Presence, Ty};
 
 mod table;

@@ -11,8 +11,8 @@ use serde_json::{json, Value as Json};
 
 use super::table::{fields, Presence, Ty};
 use super::to_protobuf;
+use crate::signal::schema::{self, Kind, Msg};
 use crate::signal::testing::{corpus, reference};
-use crate::signal::wire::{self, Kind, Msg};
 use crate::Signal;
 
 mod random;
@@ -85,7 +85,7 @@ fn the_json_table_agrees_with_the_wire_table() {
     for msg in ALL_MESSAGES {
         let json_fields = fields(msg);
         for field in json_fields {
-            let (name, kind) = wire::field(msg, field.tag)
+            let (name, kind) = schema::field(msg, field.tag)
                 .unwrap_or_else(|| panic!("{msg:?}.{}: no tag {}", field.json, field.tag));
             assert_eq!(camel_case(name), field.json, "{msg:?} tag {}", field.tag);
             let compatible = match (field.ty, field.repeated, kind) {
@@ -122,7 +122,7 @@ fn the_json_table_agrees_with_the_wire_table() {
             }
         }
         for tag in 1..64 {
-            if wire::field(msg, tag).is_some() {
+            if schema::field(msg, tag).is_some() {
                 assert!(
                     json_fields.iter().any(|f| f.tag == tag),
                     "{msg:?}: tag {tag} missing from the JSON table"
