@@ -14,8 +14,9 @@
 //!   than that. The exception is a proto3 `optional` double (a histogram point's `sum`,
 //!   `min`, `max`), where `null` is how the Rust SDK's JSON writes "not set";
 //! - `null` for any other field means the field is absent, as in the protobuf JSON mapping;
-//! - trace and span ids are hex, of the length OTLP gives each (see [`Id`](super::schema::Id)); `bytes`
-//!   are base64 (standard or URL-safe alphabet, padding optional);
+//! - trace and span ids are hex, of the length OTLP gives each (see
+//!   [`Id`](super::schema::Id)); `bytes` are base64 (standard or URL-safe alphabet, padding
+//!   optional);
 //! - a key given twice, or two fields of one oneof (an `AnyValue` with both `stringValue`
 //!   and `intValue`), is refused rather than resolved by keeping the last.
 //!
@@ -255,7 +256,7 @@ fn encode(ty: Ty, value: Json<'_>) -> Result<Option<Encoded<'_>>, String> {
         (Ty::Str, Json::Str(s)) => Encoded::Borrowed(s.as_bytes()),
         (Ty::Bytes, Json::Str(s)) => Encoded::Owned(base64(s)?),
         (Ty::Id(id), Json::Str(s)) => {
-            let bytes = hex(s)?;
+            let bytes = hex_id(s)?;
             if !id.accepts(bytes.len()) {
                 return Err(id.refusal(bytes.len()));
             }
@@ -328,21 +329,12 @@ fn double(value: Json<'_>) -> Result<f64, String> {
     })
 }
 
-fn hex(s: &str) -> Result<Vec<u8>, String> {
-    let digit = |b: u8| match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    };
-    if !s.len().is_multiple_of(2) {
-        return Err(format!("{s:?} is not hex: odd length"));
-    }
-    s.as_bytes()
-        .chunks_exact(2)
-        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
-        .collect::<Option<Vec<u8>>>()
-        .ok_or_else(|| format!("{s:?} is not hex"))
+/// A trace or span id's bytes from its hex text (either case).
+fn hex_id(s: &str) -> Result<Vec<u8>, String> {
+    hex::decode(s).map_err(|e| match e {
+        hex::FromHexError::OddLength => format!("{s:?} is not hex: odd length"),
+        _ => format!("{s:?} is not hex"),
+    })
 }
 
 fn base64(s: &str) -> Result<Vec<u8>, String> {

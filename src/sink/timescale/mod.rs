@@ -17,7 +17,7 @@ mod tls_connect;
 mod view;
 
 pub use config::{LlmPrice, TimescaleSinkConfig};
-pub use copy::{Batch, Cell, RowWriter, Rows};
+pub use copy::{Cell, CopyBatch, RowWriter, Rows};
 pub use error::{connect_error, TimescaleSinkError};
 pub use extract::{Extractor, RowBatch};
 pub use ledger::{Committed, LedgerKey, LedgerRange, RowKey};

@@ -18,7 +18,7 @@ use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
 use super::config::TimescaleSinkConfig;
-use super::copy::{Batch, Cell, Rows};
+use super::copy::{Cell, CopyBatch, Rows};
 use super::error::{Failure, TimescaleSinkError};
 use super::extract::{Extractor, RowBatch};
 use super::ledger::{Committed, Coverage, LedgerKey, LedgerRange, RowKey};
@@ -599,7 +599,7 @@ impl Writer {
     async fn write(
         &self,
         target: &Target,
-        rows: Batch,
+        rows: CopyBatch,
         keys: Vec<RowKey>,
         oldest: Option<std::time::Instant>,
     ) {
@@ -683,7 +683,7 @@ impl Writer {
         &self,
         target: &Target,
         ledger: &Target,
-        rows: &Batch,
+        rows: &CopyBatch,
         range: Option<LedgerRange>,
     ) -> Result<(), (Failure, String)> {
         let data = rows.data();
