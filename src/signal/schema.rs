@@ -150,6 +150,7 @@ const fn item(msg: Msg) -> Kind {
 
 /// The field table: (name, kind) of field `tag` of `msg`, from opentelemetry-proto's
 /// generated types (OTLP 1.7).
+#[inline]
 pub fn field(msg: Msg, tag: u32) -> Option<(&'static str, Kind)> {
     use Kind::*;
     use Msg as M;

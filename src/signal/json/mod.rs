@@ -122,10 +122,12 @@ impl Ctx {
         text
     }
 
+    #[inline]
     fn key(&mut self, tag: u32, wire_type: WireType) {
         prost::encoding::encode_varint(u64::from(tag << 3 | u32::from(wire_type)), &mut self.out);
     }
 
+    #[inline]
     fn bytes(&mut self, tag: u32, bytes: &[u8]) {
         self.key(tag, LEN);
         prost::encoding::encode_varint(bytes.len() as u64, &mut self.out);
@@ -166,6 +168,7 @@ impl<'de> Visitor<'de> for MessageVisitor<'_> {
         f.write_str("a JSON object")
     }
 
+    #[inline]
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let fields = fields(self.msg);
         // Fields by tag: keys read, and values given (not `null`).
@@ -226,6 +229,7 @@ struct KeySeed(&'static [Field]);
 impl<'de> DeserializeSeed<'de> for KeySeed {
     type Value = Option<&'static Field>;
 
+    #[inline]
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_str(self)
     }
@@ -238,6 +242,7 @@ impl<'de> Visitor<'de> for KeySeed {
         f.write_str("a field name")
     }
 
+    #[inline]
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
         Ok(self.0.iter().find(|field| field.json == key))
     }
@@ -252,6 +257,7 @@ struct FieldSeed<'c> {
 impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
     type Value = bool;
 
+    #[inline]
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
         let FieldSeed { field, ctx } = self;
         match (field.repeated, field.ty) {

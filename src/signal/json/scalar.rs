@@ -44,6 +44,7 @@ pub(super) enum Encoded<'a> {
 }
 
 impl Encoded<'_> {
+    #[inline]
     pub(super) fn write(&self, ctx: &mut Ctx, tag: Option<u32>) {
         let out = |ctx: &mut Ctx, wire_type| {
             if let Some(tag) = tag {
@@ -78,6 +79,7 @@ impl Encoded<'_> {
         }
     }
 
+    #[inline]
     pub(super) fn is_default(&self) -> bool {
         match self {
             Encoded::Varint(v) => *v == 0,
@@ -92,6 +94,7 @@ impl Encoded<'_> {
 }
 
 /// Encodes a JSON scalar as a field of type `ty`; `None` for `null` (absent).
+#[inline]
 pub(super) fn encode(ty: Ty, value: Json<'_>) -> Result<Option<Encoded<'_>>, String> {
     let encoded = match (ty, value) {
         (Ty::Double, value) => Encoded::Double(double(value)?),
@@ -124,6 +127,7 @@ pub(super) fn encode(ty: Ty, value: Json<'_>) -> Result<Option<Encoded<'_>>, Str
     Ok(Some(encoded))
 }
 
+#[inline]
 pub(super) fn expected(ty: Ty) -> &'static str {
     match ty {
         Ty::Bool => "true or false",
@@ -170,6 +174,7 @@ fn numeric(s: &str) -> Option<f64> {
     plain.then(|| s.parse().ok()).flatten()
 }
 
+#[inline]
 fn double(value: Json<'_>) -> Result<f64, String> {
     Ok(match value {
         Json::Null => f64::NAN,

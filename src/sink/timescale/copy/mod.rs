@@ -244,6 +244,7 @@ impl RowWriter<'_> {
 
     /// A jsonb value rendered by serde_json straight into the row. serde_json writes U+0000
     /// as the escape `\u0000`, which jsonb refuses: each becomes `\ufffd` ([`NUL_REPLACEMENT`]).
+    #[inline]
     pub fn json(&mut self, value: &impl serde::Serialize) {
         self.fields += 1;
         let buf = &mut self.rows.buf;

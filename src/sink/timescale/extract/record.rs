@@ -52,6 +52,7 @@ pub(super) fn same_key(a: &str, b: &str) -> bool {
     }
 }
 
+#[inline]
 pub(super) fn find<'a, 'b>(attributes: &'a [KeyValue<'b>], key: &str) -> Option<&'a AnyValue<'b>> {
     attributes
         .iter()
@@ -61,10 +62,12 @@ pub(super) fn find<'a, 'b>(attributes: &'a [KeyValue<'b>], key: &str) -> Option<
 }
 
 impl RecordContext<'_> {
+    #[inline]
     pub(super) fn attributes(&self) -> &[KeyValue<'_>] {
         self.attributes
     }
 
+    #[inline]
     pub(super) fn name(&self) -> &str {
         match (self.kind, self.span, self.event, self.log) {
             (RecordKind::SpanEvent, _, Some(event), _) => event.name,
@@ -81,6 +84,7 @@ impl RecordContext<'_> {
     }
 
     /// Nanoseconds since the Unix epoch of the record.
+    #[inline]
     pub(super) fn time(&self) -> i64 {
         let nanos = match (self.kind, self.span, self.event, self.log) {
             (RecordKind::SpanEvent, _, Some(event), _) => event.time_unix_nano,
@@ -92,6 +96,7 @@ impl RecordContext<'_> {
         nanos.min(i64::MAX as u64) as i64
     }
 
+    #[inline]
     pub(super) fn trace_id(&self) -> Option<&[u8]> {
         let id = self
             .span
@@ -100,6 +105,7 @@ impl RecordContext<'_> {
         (!id.is_empty()).then_some(id)
     }
 
+    #[inline]
     pub(super) fn span_id(&self) -> Option<&[u8]> {
         let id = self
             .span
@@ -108,6 +114,7 @@ impl RecordContext<'_> {
         (!id.is_empty()).then_some(id)
     }
 
+    #[inline]
     pub(super) fn service_name(&self) -> Option<&str> {
         match find(self.resource, "service.name") {
             Some(AnyValue {
@@ -177,6 +184,7 @@ impl RecordContext<'_> {
         }
     }
 
+    #[inline]
     pub(super) fn source(
         &self,
         source: &Source,
