@@ -3,9 +3,11 @@
 //! records) it carries. Everything else in the crate is written once, generic over [`Signal`].
 
 mod json;
+pub(crate) mod proto;
+pub(crate) mod schema;
 #[cfg(test)]
 mod testing;
-pub(crate) mod wire;
+mod wire;
 pub use json::JsonError;
 pub use wire::WireError;
 
@@ -86,11 +88,11 @@ impl Signal {
     }
 
     /// The request message of this signal's `Export` method.
-    fn request(self) -> wire::Msg {
+    fn request(self) -> schema::Msg {
         match self {
-            Signal::Traces => wire::Msg::ExportTraces,
-            Signal::Metrics => wire::Msg::ExportMetrics,
-            Signal::Logs => wire::Msg::ExportLogs,
+            Signal::Traces => schema::Msg::ExportTraces,
+            Signal::Metrics => schema::Msg::ExportMetrics,
+            Signal::Logs => schema::Msg::ExportLogs,
         }
     }
 

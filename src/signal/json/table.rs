@@ -1,6 +1,6 @@
 //! The OTLP messages as OTLP/JSON sees them: each field's JSON name, tag, type and presence.
 
-use crate::signal::wire::{self, Id, Msg};
+use crate::signal::schema::{self, Id, Msg};
 
 /// How a field is written in JSON and encoded in protobuf.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -78,7 +78,7 @@ const fn oneof(json: &'static str, tag: u32, ty: Ty) -> Field {
 }
 
 /// The fields of `msg`, from opentelemetry-proto's generated types (OTLP 1.7), as
-/// [`wire`]'s table lists them (`tests` checks that the two agree).
+/// [`schema`]'s table lists them (`tests` checks that the two agree).
 pub(super) fn fields(msg: Msg) -> &'static [Field] {
     use Msg as M;
     use Ty::*;
@@ -106,10 +106,10 @@ pub(super) fn fields(msg: Msg) -> &'static [Field] {
         M::Span => {
             const {
                 &[
-                    one("traceId", 1, Id(wire::TRACE_ID)),
-                    one("spanId", 2, Id(wire::SPAN_ID)),
+                    one("traceId", 1, Id(schema::TRACE_ID)),
+                    one("spanId", 2, Id(schema::SPAN_ID)),
                     one("traceState", 3, Str),
-                    one("parentSpanId", 4, Id(wire::OPTIONAL_SPAN_ID)),
+                    one("parentSpanId", 4, Id(schema::OPTIONAL_SPAN_ID)),
                     one("name", 5, Str),
                     one("kind", 6, Int32),
                     one("startTimeUnixNano", 7, Fixed64),
@@ -138,8 +138,8 @@ pub(super) fn fields(msg: Msg) -> &'static [Field] {
         M::Link => {
             const {
                 &[
-                    one("traceId", 1, Id(wire::OPTIONAL_TRACE_ID)),
-                    one("spanId", 2, Id(wire::OPTIONAL_SPAN_ID)),
+                    one("traceId", 1, Id(schema::OPTIONAL_TRACE_ID)),
+                    one("spanId", 2, Id(schema::OPTIONAL_SPAN_ID)),
                     one("traceState", 3, Str),
                     many("attributes", 4, ATTRIBUTES),
                     one("droppedAttributesCount", 5, Uint32),
@@ -178,8 +178,8 @@ pub(super) fn fields(msg: Msg) -> &'static [Field] {
                     many("attributes", 6, ATTRIBUTES),
                     one("droppedAttributesCount", 7, Uint32),
                     one("flags", 8, Fixed32),
-                    one("traceId", 9, Id(wire::OPTIONAL_TRACE_ID)),
-                    one("spanId", 10, Id(wire::OPTIONAL_SPAN_ID)),
+                    one("traceId", 9, Id(schema::OPTIONAL_TRACE_ID)),
+                    one("spanId", 10, Id(schema::OPTIONAL_SPAN_ID)),
                     one("observedTimeUnixNano", 11, Fixed64),
                     one("eventName", 12, Str),
                 ]
@@ -317,8 +317,8 @@ pub(super) fn fields(msg: Msg) -> &'static [Field] {
                 &[
                     one("timeUnixNano", 2, Fixed64),
                     oneof("asDouble", 3, Double),
-                    one("spanId", 4, Id(wire::OPTIONAL_SPAN_ID)),
-                    one("traceId", 5, Id(wire::OPTIONAL_TRACE_ID)),
+                    one("spanId", 4, Id(schema::OPTIONAL_SPAN_ID)),
+                    one("traceId", 5, Id(schema::OPTIONAL_TRACE_ID)),
                     oneof("asInt", 6, Sfixed64),
                     many("filteredAttributes", 7, ATTRIBUTES),
                 ]

@@ -19,7 +19,7 @@ mod view;
 mod writer;
 
 pub use config::{LlmPrice, TimescaleSinkConfig};
-pub use copy::{Batch, Cell, RowWriter, Rows};
+pub use copy::{Cell, CopyBatch, RowWriter, Rows};
 pub use error::{connect_error, TimescaleSinkError};
 pub use extract::{Extractor, RowBatch};
 pub use ledger::{Committed, LedgerKey, LedgerRange, RowKey};

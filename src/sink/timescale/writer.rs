@@ -13,7 +13,7 @@ use deadpool_postgres::Pool;
 use futures_util::SinkExt;
 use tokio_postgres::types::Type;
 
-use super::copy::{Batch, Cell, Rows};
+use super::copy::{Cell, CopyBatch, Rows};
 use super::error::{Failure, TimescaleSinkError};
 use super::ledger::{LedgerKey, LedgerRange, RowKey};
 use super::mapping::{ColumnType, Mapping};
@@ -246,7 +246,7 @@ impl SinkWriter {
     pub(super) async fn write(
         &self,
         target: &Target,
-        rows: Batch,
+        rows: CopyBatch,
         keys: Vec<RowKey>,
         oldest: Option<std::time::Instant>,
     ) {
@@ -330,7 +330,7 @@ impl SinkWriter {
         &self,
         target: &Target,
         ledger: &Target,
-        rows: &Batch,
+        rows: &CopyBatch,
         range: Option<LedgerRange>,
     ) -> Result<(), (Failure, String)> {
         let data = rows.data();
