@@ -87,7 +87,7 @@ impl std::error::Error for ProtoError {}
 
 /// Reads a varint off the front of `buf` as `prost` does: at most 10 bytes, the tenth below
 /// 2. `None` if it is longer, overflows or is cut off.
-#[inline]
+#[inline(always)]
 pub fn read_varint(buf: &mut &[u8]) -> Option<u64> {
     // Keys and most lengths are one byte.
     if let Some(&byte) = buf.first() {
@@ -135,13 +135,13 @@ impl<'a> ProtoReader<'a> {
         self.buf.is_empty()
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn varint(&mut self) -> Result<u64, ProtoError> {
         read_varint(&mut self.buf).ok_or(ProtoError::InvalidVarint)
     }
 
     /// A field's key, checked as `prost` checks it: (field number, wire type).
-    #[inline]
+    #[inline(always)]
     pub fn key(&mut self) -> Result<(u32, WireType), ProtoError> {
         let key = self.varint()?;
         if key > u64::from(u32::MAX) {
@@ -159,7 +159,7 @@ impl<'a> ProtoReader<'a> {
     }
 
     /// The next `len` bytes.
-    #[inline]
+    #[inline(always)]
     pub fn take(&mut self, len: u64) -> Result<&'a [u8], ProtoError> {
         if len > self.buf.len() as u64 {
             return Err(ProtoError::BufferUnderflow);
@@ -184,7 +184,7 @@ impl<'a> ProtoReader<'a> {
     }
 
     /// A length-delimited field's contents.
-    #[inline]
+    #[inline(always)]
     pub fn delimited(&mut self) -> Result<&'a [u8], ProtoError> {
         let len = self.varint()?;
         self.take(len)
