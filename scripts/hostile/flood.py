@@ -1,10 +1,10 @@
 # Load scripts for docs/BENCHMARKS.md ("Hostile clients"): see there for how they are run.
 # 200 concurrent complete ~4 MB OTLP/HTTP requests (protobuf or JSON); reports the gateway's
 # peak RSS and the worst latency a normal client saw meanwhile.
-import socket, sys, time, threading, json, os, struct, urllib.request
+import sys, time, threading, json, os, urllib.request
 port=int(sys.argv[1]); n=int(sys.argv[2]); pid=int(sys.argv[3]); kind=sys.argv[4]
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from flood_body import ld, proto_body
+from flood_body import proto_body
 def json_body(target):
     spans=[]; size=0; i=0
     while size < target - 300:
