@@ -11,7 +11,7 @@ use prost::Message;
 use serde::Serialize;
 
 use crate::demo::backend::RecordingBackend;
-use crate::demo::generator::TelemetryGenerator;
+use crate::demo::generator::{TelemetryGenerator, TraceShape};
 use crate::demo::postgres::TempPostgres;
 
 /// What to start.
@@ -42,6 +42,9 @@ pub enum TestbedCommand {
         /// Frames per generated request (as `otelgate load --batch`).
         #[arg(long, short = 'b', default_value_t = 100)]
         batch: usize,
+        /// The frames' shape (as `otelgate load --shape`).
+        #[arg(long, value_enum, default_value_t = TraceShape::Mixed)]
+        shape: TraceShape,
         /// Rows per COPY (as the sink's `max_rows`).
         #[arg(long, default_value_t = 10_000)]
         rows_per_copy: usize,
@@ -51,6 +54,7 @@ pub enum TestbedCommand {
 /// The raw COPY ceiling's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct CopyReport {
+    pub shape: TraceShape,
     pub connections: usize,
     pub rows_per_copy: usize,
     pub seconds: f64,
@@ -89,25 +93,39 @@ pub async fn run(
             seconds,
             connections,
             batch,
+            shape,
             rows_per_copy,
         } => {
-            let report =
-                copy_ceiling(&database_url, seconds, connections, batch, rows_per_copy).await?;
+            let load = CopyLoad {
+                connections,
+                batch,
+                shape,
+                rows_per_copy,
+            };
+            let report = copy_ceiling(&database_url, seconds, load).await?;
             println!("{}", serde_json::to_string(&report)?);
         }
     }
     Ok(())
 }
 
-/// Each connection generates frame requests, extracts their rows with the built-in mappings
-/// (as the sink does) and COPYs them, `rows_per_copy` at a time per table, without a ledger.
-async fn copy_ceiling(
-    url: &str,
-    seconds: u64,
+/// What the raw COPY ceiling writes.
+struct CopyLoad {
     connections: usize,
     batch: usize,
+    shape: TraceShape,
     rows_per_copy: usize,
-) -> anyhow::Result<CopyReport> {
+}
+
+/// Each connection generates frame requests, extracts their rows with the built-in mappings
+/// (as the sink does) and COPYs them, `rows_per_copy` at a time per table, without a ledger.
+async fn copy_ceiling(url: &str, seconds: u64, load: CopyLoad) -> anyhow::Result<CopyReport> {
+    let CopyLoad {
+        connections,
+        batch,
+        shape,
+        rows_per_copy,
+    } = load;
     let config = TimescaleSinkConfig::new(url);
     let extractor = std::sync::Arc::new(Extractor::new(&config).map_err(anyhow::Error::msg)?);
     let started = Instant::now();
@@ -134,7 +152,7 @@ async fn copy_ceiling(
                     )
                 })
                 .collect();
-            let mut generator = TelemetryGenerator::new(1000 + connection as u64);
+            let mut generator = TelemetryGenerator::new(1000 + connection as u64).with_shape(shape);
             let mut rows = 0u64;
             let mut pending = extractor.batch();
             while Instant::now() < deadline {
@@ -161,6 +179,7 @@ async fn copy_ceiling(
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(CopyReport {
+        shape,
         connections,
         rows_per_copy,
         seconds,

@@ -54,11 +54,47 @@ pub fn now_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// What the spans of a trace request are. Rows per span differ by shape, and so does the work
+/// of every stage: a benchmark names the shape it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceShape {
+    /// `frame.process` spans with 0-3 `detection` events (1.5 on average) and one GenAI chat
+    /// span per ten frames: 2.6 rows per frame.
+    #[default]
+    Mixed,
+    /// `frame.process` spans with exactly 3 `detection` events and nothing else: 4 rows per
+    /// frame.
+    Frames,
+    /// Plain HTTP server spans without events, as any instrumented service sends: no rows.
+    Spans,
+}
+
+impl TraceShape {
+    /// Frame spans in a request of `spans` items of this shape.
+    pub fn frames(self, items: usize) -> usize {
+        match self {
+            TraceShape::Mixed | TraceShape::Frames => items,
+            TraceShape::Spans => 0,
+        }
+    }
+
+    /// Rows the built-in tables get per item, on average.
+    pub fn rows_per_item(self) -> f64 {
+        match self {
+            TraceShape::Mixed => 2.6,
+            TraceShape::Frames => 4.0,
+            TraceShape::Spans => 0.0,
+        }
+    }
+}
+
 /// Generates requests; deterministic for a given seed (apart from timestamps).
 pub struct TelemetryGenerator {
     rng: SmallRng,
     sequence: i64,
     cameras: u32,
+    shape: TraceShape,
     /// Added to frame spans as `load.run`, so a load run can find its own rows.
     run: Option<String>,
 }
@@ -69,8 +105,20 @@ impl TelemetryGenerator {
             rng: SmallRng::seed_from_u64(seed),
             sequence: 0,
             cameras: 8,
+            shape: TraceShape::Mixed,
             run: None,
         }
+    }
+
+    /// Generates trace requests of `shape` (the default is `TraceShape::Mixed`).
+    pub fn with_shape(mut self, shape: TraceShape) -> Self {
+        self.shape = shape;
+        self
+    }
+
+    /// The shape of the trace requests this generates.
+    pub fn shape(&self) -> TraceShape {
+        self.shape
     }
 
     /// Numbers the next frame `sequence + 1`.
@@ -106,16 +154,24 @@ impl TelemetryGenerator {
         )
     }
 
-    /// `frames` `frame.process` spans with 0-3 `detection` events each, plus one GenAI chat
-    /// span per ten frames. Returns the request and its span count.
-    pub fn traces(&mut self, frames: usize) -> (ExportTraceServiceRequest, u64) {
+    /// A request of `items` spans of the generator's shape: `items` `frame.process` spans
+    /// with their `detection` events (plus one GenAI chat span per ten frames when mixed), or
+    /// `items` plain spans. Returns the request and its span count.
+    pub fn traces(&mut self, items: usize) -> (ExportTraceServiceRequest, u64) {
         let end = now_nanos();
-        let mut spans = Vec::with_capacity(frames + frames / 10);
-        for _ in 0..frames {
-            spans.push(self.frame_span(end));
+        let mut spans = Vec::with_capacity(items + items / 10);
+        for _ in 0..items {
+            let span = match self.shape {
+                TraceShape::Mixed => self.frame_span(end, None),
+                TraceShape::Frames => self.frame_span(end, Some(3)),
+                TraceShape::Spans => self.plain_span(end),
+            };
+            spans.push(span);
         }
-        for _ in 0..frames / 10 {
-            spans.push(self.llm_span(end));
+        if self.shape == TraceShape::Mixed {
+            for _ in 0..items / 10 {
+                spans.push(self.llm_span(end));
+            }
         }
         let count = spans.len() as u64;
         let request = ExportTraceServiceRequest {
@@ -136,14 +192,15 @@ impl TelemetryGenerator {
         (request, count)
     }
 
-    /// The next frame's `frame.process` span, ending at `end`.
-    fn frame_span(&mut self, end: u64) -> Span {
+    /// The next frame's `frame.process` span with `detections` events (0-3 at random when
+    /// `None`), ending at `end`.
+    fn frame_span(&mut self, end: u64, detections: Option<u64>) -> Span {
         self.sequence += 1;
         let camera = self.rng.random_range(0..self.cameras);
         let frame_id = format!("cam-{camera:02}-{:09}", self.sequence);
         let processing_ms = self.rng.random_range(4.0..40.0);
         let start = end - (processing_ms * 1e6) as u64;
-        let events = self.detections(start);
+        let events = self.detections(start, detections);
         let (trace_id, span_id) = self.ids();
         let mut attributes = vec![
             kv_str("camera.id", format!("cam-{camera:02}")),
@@ -171,9 +228,11 @@ impl TelemetryGenerator {
         }
     }
 
-    /// 0-3 `detection` events, a millisecond apart from `start`.
-    fn detections(&mut self, start: u64) -> Vec<span::Event> {
-        (0..self.rng.random_range(0..4))
+    /// `count` `detection` events (0-3 at random when `None`), a millisecond apart from
+    /// `start`.
+    fn detections(&mut self, start: u64, count: Option<u64>) -> Vec<span::Event> {
+        let count = count.unwrap_or_else(|| self.rng.random_range(0..4));
+        (0..count)
             .map(|i| span::Event {
                 time_unix_nano: start + i * 1_000_000,
                 name: "detection".into(),
@@ -192,6 +251,35 @@ impl TelemetryGenerator {
                 dropped_attributes_count: 0,
             })
             .collect()
+    }
+
+    /// An HTTP server span of the camera service's API, ending at `end`: the attributes of
+    /// the HTTP semantic conventions, no events.
+    fn plain_span(&mut self, end: u64) -> Span {
+        const ROUTES: [&str; 4] = ["/api/cameras", "/api/frames/{id}", "/api/alerts", "/healthz"];
+        let route = ROUTES[self.rng.random_range(0..ROUTES.len())];
+        let duration_ms = self.rng.random_range(1.0..80.0);
+        let (trace_id, span_id) = self.ids();
+        let status = if self.rng.random_range(0..50) == 0 { 500 } else { 200 };
+        Span {
+            trace_id,
+            span_id,
+            name: format!("GET {route}"),
+            kind: span::SpanKind::Server as i32,
+            start_time_unix_nano: end - (duration_ms * 1e6) as u64,
+            end_time_unix_nano: end,
+            attributes: vec![
+                kv_str("http.request.method", "GET"),
+                kv_str("http.route", route),
+                kv_str("url.scheme", "https"),
+                kv_int("http.response.status_code", status),
+                kv_str("server.address", "api.edge-node-1"),
+                kv_int("server.port", 443),
+                kv_str("network.protocol.version", "1.1"),
+            ],
+            status: Some(Status::default()),
+            ..Default::default()
+        }
     }
 
     /// A GenAI `chat` client span of a random model, ending at `end`.

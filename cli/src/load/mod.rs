@@ -17,7 +17,7 @@ use serde::Serialize;
 
 mod template;
 
-use crate::demo::generator::{now_nanos, TelemetryGenerator};
+use crate::demo::generator::{now_nanos, TelemetryGenerator, TraceShape};
 use template::TraceTemplates;
 
 /// Options of `otelgate load`.
@@ -33,10 +33,15 @@ pub struct LoadArgs {
     /// `logs` or `metrics`.
     #[arg(long, default_value = "traces")]
     pub signal: String,
+    /// What trace requests hold: `mixed` (frames with 0-3 detections and one GenAI span per
+    /// ten frames, 2.6 rows per frame), `frames` (frames with exactly 3 detections, 4 rows
+    /// per frame) or `spans` (plain HTTP server spans, no rows; for forwarding).
+    #[arg(long, value_enum, default_value_t = TraceShape::Mixed)]
+    pub shape: TraceShape,
     /// Concurrent connections (each sends one request at a time).
     #[arg(long, short = 'c', default_value_t = 4)]
     pub connections: usize,
-    /// Frames (or log records, or metric requests' data points) per request.
+    /// Frames or spans (or log records, or metric requests' data points) per request.
     #[arg(long, short = 'b', default_value_t = 100)]
     pub batch: usize,
     /// Target frames (log records) per second over all connections; 0 = as fast as possible.
@@ -59,6 +64,7 @@ pub struct LoadArgs {
 pub struct LoadReport {
     pub protocol: String,
     pub signal: String,
+    pub shape: TraceShape,
     pub connections: usize,
     pub batch: usize,
     pub target_rate: u64,
@@ -210,7 +216,8 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     let mut tasks = tokio::task::JoinSet::new();
     for connection in 0..connections {
         let client = Client::connect(&args.protocol, &endpoint).await?;
-        let load = ConnectionLoad::new(client, signal, batch, connection as u64 + 1, &run_id);
+        let seed = connection as u64 + 1;
+        let load = ConnectionLoad::new(client, signal, args.shape, batch, seed, &run_id);
         tasks.spawn(load.run(interval, deadline));
     }
     let mut total = ConnectionTally::default();
@@ -219,7 +226,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let database = match (&args.database_url, signal) {
-        (Some(url), Signal::Traces) => {
+        (Some(url), Signal::Traces) if args.shape != TraceShape::Spans => {
             Some(database_report(url, &run_id, total.items_acknowledged, run_started).await?)
         }
         _ => None,
@@ -262,6 +269,7 @@ impl ConnectionTally {
         LoadReport {
             protocol: args.protocol.clone(),
             signal: args.signal.clone(),
+            shape: args.shape,
             connections,
             batch,
             target_rate: args.rate,
@@ -292,11 +300,22 @@ struct ConnectionLoad {
 }
 
 impl ConnectionLoad {
-    fn new(client: Client, signal: Signal, batch: usize, seed: u64, run_id: &str) -> Self {
+    fn new(
+        client: Client,
+        signal: Signal,
+        shape: TraceShape,
+        batch: usize,
+        seed: u64,
+        run_id: &str,
+    ) -> Self {
         let generator = TelemetryGenerator::new(seed).with_run(run_id);
         let templates = (signal == Signal::Traces).then(|| {
-            let generator = TelemetryGenerator::new(seed).with_run(run_id);
-            TraceTemplates::new(generator, batch, seed)
+            let generator = TelemetryGenerator::new(seed)
+                .with_run(run_id)
+                .with_shape(shape);
+            // Ids differ from run to run: two runs with the same connection count must not send
+            // the same trace and span ids.
+            TraceTemplates::new(generator, batch, rand::random::<u64>())
         });
         ConnectionLoad {
             client,
@@ -424,9 +443,9 @@ pub fn print(report: &LoadReport) {
         "maximum rate (closed loop)".to_owned()
     };
     println!(
-        "otelgate load: {} {} over {}, {} connections x batch {}, {mode}, {:.1} s",
+        "otelgate load: {} ({:?} shape) over {}, {} connections x batch {}, {mode}, {:.1} s",
         report.signal,
-        report.protocol,
+        report.shape,
         report.protocol,
         report.connections,
         report.batch,

@@ -45,12 +45,14 @@ pub struct TraceTemplates {
 }
 
 impl TraceTemplates {
-    /// Templates of `frames` frames each, from `generator`; `seed` picks the ids.
-    pub fn new(generator: TelemetryGenerator, frames: usize, seed: u64) -> Self {
+    /// Templates of `items` items (frames, or spans of the plain shape) each, from
+    /// `generator`; `seed` picks the ids.
+    pub fn new(generator: TelemetryGenerator, items: usize, seed: u64) -> Self {
         let mut generator = generator.with_sequence(FIRST_SEQUENCE);
+        let frames = generator.shape().frames(items);
         let templates = (0..TEMPLATES)
             .map(|_| {
-                let (request, spans) = generator.traces(frames);
+                let (request, spans) = generator.traces(items);
                 let end = request.resource_spans[0].scope_spans[0].spans[0].end_time_unix_nano;
                 let body = request.encode_to_vec();
                 let mut template = Template {
@@ -218,6 +220,7 @@ mod tests {
     use otelgate::Signal;
 
     use super::*;
+    use crate::demo::generator::TraceShape;
 
     fn attribute<'a>(span: &'a Span, key: &str) -> &'a Value {
         span.attributes
@@ -261,5 +264,33 @@ mod tests {
             }
         }
         assert_eq!(sequences.len(), 20 * TEMPLATES * 2);
+    }
+
+    #[test]
+    fn shapes_hold_what_they_promise() {
+        let now = 1_900_000_000_000_000_000u64;
+        let generator = TelemetryGenerator::new(5).with_shape(TraceShape::Frames);
+        let (body, spans) = TraceTemplates::new(generator, 128, 1).next(now);
+        assert_eq!(spans, 128);
+        let request = ExportTraceServiceRequest::decode(body).expect("valid protobuf");
+        for span in &request.resource_spans[0].scope_spans[0].spans {
+            assert_eq!(span.name, "frame.process");
+            assert_eq!(span.events.len(), 3, "exactly 3 detections: 4 rows per frame");
+        }
+
+        let generator = TelemetryGenerator::new(5).with_shape(TraceShape::Spans);
+        let mut templates = TraceTemplates::new(generator, 512, 1);
+        let (first, spans) = templates.next(now);
+        let (second, _) = templates.next(now);
+        assert_eq!(spans, 512);
+        assert_eq!(Signal::Traces.count_protobuf(&first).unwrap(), 512);
+        let request = ExportTraceServiceRequest::decode(first).expect("valid protobuf");
+        let all = &request.resource_spans[0].scope_spans[0].spans;
+        assert!(all.iter().all(|s| s.events.is_empty() && s.name.starts_with("GET /")));
+        let again = ExportTraceServiceRequest::decode(second).expect("valid protobuf");
+        assert_ne!(
+            all[0].span_id, again.resource_spans[0].scope_spans[0].spans[0].span_id,
+            "plain spans get fresh ids too"
+        );
     }
 }
