@@ -133,7 +133,13 @@ mod tests {
         let log = Arc::new(Log::open(&config).unwrap());
         let (tx, _rx) = queue("dest", 16);
         let _reader = log
-            .reader("dest", &[Signal::Logs], tx, None, 1 << 20)
+            .reader(
+                "dest",
+                &[Signal::Logs],
+                tx,
+                crate::pipeline::LagLimits::default(),
+                1 << 20,
+            )
             .unwrap();
         let budget = MemoryBudget::new(1 << 20);
         let appender = log.take_appender().unwrap();

@@ -320,7 +320,7 @@ impl Destinations {
         self.queues.push(tx.stats());
         self.taken.extend_from_slice(signals);
         let reader = match &self.log {
-            Some(log) => Some(log.reader(name, signals, tx, config.max_lag_bytes, self.window)?),
+            Some(log) => Some(log.reader(name, signals, tx, config.lag_limits(), self.window)?),
             None => {
                 self.fanout.add(name, signals, tx, config.clone());
                 None

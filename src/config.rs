@@ -172,14 +172,11 @@ impl Config {
             validate_name(name)
                 .map_err(|m| ConfigError::invalid(format!("exporters.{name}"), m))?;
             exporter.validate(&format!("exporters.{name}"))?;
-            self.log.validate_lag(
-                &format!("exporters.{name}.queue.max_lag_bytes"),
-                &exporter.queue,
-            )?;
+            self.log
+                .validate_lag(&format!("exporters.{name}.queue"), &exporter.queue)?;
         }
         if let Some(timescale) = &self.timescale {
-            self.log
-                .validate_lag("timescale.queue.max_lag_bytes", &timescale.queue)?;
+            self.log.validate_lag("timescale.queue", &timescale.queue)?;
         }
         Ok(())
     }
@@ -348,6 +345,24 @@ mod tests {
         assert_eq!(config.receiver.http_endpoint, "0.0.0.0:4318");
         assert_eq!(config.telemetry.admin_endpoint, "127.0.0.1:13133");
         assert_eq!(config.exporters["lgtm"].signals.len(), 3);
+    }
+
+    #[test]
+    fn throttle_lag_needs_the_log_and_a_positive_bound() {
+        let with = |extra: &str| format!("{MINIMAL}\n[exporters.lgtm.queue]\n{extra}\n");
+        let config = load(&with("throttle_lag_ms = 2000"), &[]).unwrap();
+        let limits = config.exporters["lgtm"].queue.lag_limits();
+        assert_eq!(limits.throttle_lag, Some(std::time::Duration::from_secs(2)));
+        let err = load_err(&with("throttle_lag_ms = 0"), &[]);
+        assert!(err.contains("exporters.lgtm.queue.throttle_lag_ms"), "{err}");
+        let err = load_err(
+            &format!("[log]\nenabled = false\n{}", with("throttle_lag_ms = 100")),
+            &[],
+        );
+        assert!(
+            err.contains("throttle_lag_ms") && err.contains("durable log"),
+            "{err}"
+        );
     }
 
     #[test]

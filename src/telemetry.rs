@@ -77,6 +77,9 @@ pub mod reason {
     /// A failed write or sync of the durable log (`otelgate_log_refused_requests_total`).
     pub const LOG_IO: &str = "io";
     pub const LAG_LIMIT: &str = "lag_limit";
+    /// A destination lags more than its `queue.throttle_lag_ms`: the request is refused
+    /// (throttled) before it is validated.
+    pub const THROTTLE_LAG: &str = "lag_throttle";
     pub const CORRUPT: &str = "corrupt";
 }
 

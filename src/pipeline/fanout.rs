@@ -52,6 +52,15 @@ pub enum Dispatcher {
 }
 
 impl Dispatcher {
+    /// Refuses a request of `signal` early while a destination taking it lags past its
+    /// `queue.throttle_lag_ms` (durable log only; memory queues are bounded by capacity).
+    pub fn check_lag(&self, signal: Signal) -> Result<(), DispatchError> {
+        match self {
+            Dispatcher::Memory(_) => Ok(()),
+            Dispatcher::Durable { log, .. } => Ok(log.check_lag(signal)?),
+        }
+    }
+
     /// Hands `payload` on; returns once every destination will get it (memory: queued
     /// everywhere; durable: on disk).
     pub async fn dispatch(&self, payload: Arc<Payload>) -> Result<(), DispatchError> {
@@ -139,6 +148,7 @@ mod tests {
             when_full,
             block_timeout_ms: 20,
             max_lag_bytes: None,
+            throttle_lag_ms: None,
         }
     }
 

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 pub use budget::{BudgetPermit, MemoryBudget};
 pub use fanout::{DispatchError, Dispatcher, Fanout};
-pub use queue::{queue, QueueConfig, QueueReceiver, QueueSender, QueueStats, WhenFull};
+pub use queue::{queue, LagLimits, QueueConfig, QueueReceiver, QueueSender, QueueStats, WhenFull};
 
 use bytes::Bytes;
 

@@ -54,6 +54,14 @@ pub struct QueueConfig {
     /// queues; with the log on, the log is the buffer.
     #[serde(default)]
     pub max_lag_bytes: Option<u64>,
+    /// With the durable log on: when this destination's oldest unfinished request was received
+    /// more than this many milliseconds ago, new requests are refused with the throttling
+    /// answer (gRPC `RESOURCE_EXHAUSTED` with retry info, HTTP 429 with `Retry-After`) until
+    /// it catches up, so a steady overload settles at the destination's rate with this lag
+    /// instead of a backlog that grows without limit. Nothing already acknowledged is
+    /// dropped. Unset (the default): the log absorbs any lag up to `log.max_bytes`.
+    #[serde(default)]
+    pub throttle_lag_ms: Option<u64>,
 }
 
 impl Default for QueueConfig {
@@ -63,6 +71,7 @@ impl Default for QueueConfig {
             when_full: WhenFull::default(),
             block_timeout_ms: default_block_timeout_ms(),
             max_lag_bytes: None,
+            throttle_lag_ms: None,
         }
     }
 }
@@ -71,6 +80,23 @@ impl QueueConfig {
     pub fn block_timeout(&self) -> Duration {
         Duration::from_millis(self.block_timeout_ms)
     }
+
+    /// How far behind the log this destination may fall, in bytes and in time.
+    pub fn lag_limits(&self) -> LagLimits {
+        LagLimits {
+            max_lag_bytes: self.max_lag_bytes,
+            throttle_lag: self.throttle_lag_ms.map(Duration::from_millis),
+        }
+    }
+}
+
+/// A destination's limits on how far behind the head of the durable log it may fall.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LagLimits {
+    /// Past this many bytes, its oldest data is dropped for it alone.
+    pub max_lag_bytes: Option<u64>,
+    /// Past this age of its oldest unfinished request, new requests are refused (throttled).
+    pub throttle_lag: Option<Duration>,
 }
 
 /// Live depth of one queue, readable without holding the queue open (for `/readyz`).

@@ -52,7 +52,7 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
 }
 
 async fn export(ingest: Arc<Ingest>, signal: Signal, request: Request) -> Response {
-    let result = match receive(&ingest, request).await {
+    let result = match receive(&ingest, signal, request).await {
         Ok(message) => ingest
             .accept(signal, Transport::Grpc, BodyFormat::Protobuf, message)
             .await
@@ -87,8 +87,9 @@ async fn export(ingest: Arc<Ingest>, signal: Signal, request: Request) -> Respon
 
 /// Reads a call's one message: checks its content type and token, collects the body (at
 /// most `max_request_bytes` and the message header), splits the message off and decompresses
-/// it as its flag and `grpc-encoding` say.
-async fn receive(ingest: &Ingest, request: Request) -> Result<Bytes, Refusal> {
+/// it as its flag and `grpc-encoding` say. A request that a lagging destination would take is
+/// refused once read, before it is decompressed and validated.
+async fn receive(ingest: &Ingest, signal: Signal, request: Request) -> Result<Bytes, Refusal> {
     let headers = request.headers();
     check_content_type(headers)?;
     ingest.authorize(headers.get(AUTHORIZATION).map(|v| v.as_bytes()))?;
@@ -103,6 +104,7 @@ async fn receive(ingest: &Ingest, request: Request) -> Result<Bytes, Refusal> {
             IngestError::TooLarge { .. } => IngestError::TooLarge { limit },
             other => other,
         })?;
+    ingest.check_lag(signal)?;
     let message = match unary_message(body)? {
         (false, message) => ingest.decompress(Compression::Identity, message).await?,
         (true, _) if compression == Compression::Identity => {

@@ -54,6 +54,7 @@ async fn export(ingest: Arc<Ingest>, signal: Signal, headers: HeaderMap, body: B
             .map(|v| v.to_str().unwrap_or("<not ascii>"));
         let compression = Compression::from_header("Content-Encoding", encoding)?;
         let body = read_limited(body, ingest.max_request_bytes()).await?;
+        ingest.check_lag(signal)?;
         let body = ingest.decompress(compression, body).await?;
         ingest.accept(signal, Transport::Http, format, body).await
     }

@@ -343,6 +343,25 @@ impl Ingest {
             .map_err(|e| IngestError::Invalid(format!("decompression failed: {e}")))?
     }
 
+    /// Refuses a request of `signal` with the throttling answer while a destination that
+    /// takes it lags past its `queue.throttle_lag_ms`.
+    pub fn check_lag(&self, signal: Signal) -> Result<(), IngestError> {
+        self.fanout.check_lag(signal).map_err(|error| {
+            let message = error.to_string();
+            match error {
+                DispatchError::Log(error) => IngestError::LogBackpressure {
+                    message,
+                    reason: error.reason(),
+                    retry_after: self.retry_after,
+                },
+                _ => IngestError::Unavailable {
+                    message,
+                    retry_after: self.retry_after,
+                },
+            }
+        })
+    }
+
     /// One of the slots (one per core) for CPU-heavy decoding off the async workers.
     async fn decode_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, IngestError> {
         self.decode_slots
@@ -414,6 +433,11 @@ impl Ingest {
                         retry_after: self.retry_after,
                     },
                     AppendError::Closed => IngestError::ShuttingDown {
+                        retry_after: self.retry_after,
+                    },
+                    AppendError::Lagging { .. } => IngestError::LogBackpressure {
+                        message: error.to_string(),
+                        reason: reason::THROTTLE_LAG,
                         retry_after: self.retry_after,
                     },
                     AppendError::Io(_) => IngestError::LogFailed {

@@ -256,11 +256,20 @@ impl TelemetryGenerator {
     /// An HTTP server span of the camera service's API, ending at `end`: the attributes of
     /// the HTTP semantic conventions, no events.
     fn plain_span(&mut self, end: u64) -> Span {
-        const ROUTES: [&str; 4] = ["/api/cameras", "/api/frames/{id}", "/api/alerts", "/healthz"];
+        const ROUTES: [&str; 4] = [
+            "/api/cameras",
+            "/api/frames/{id}",
+            "/api/alerts",
+            "/healthz",
+        ];
         let route = ROUTES[self.rng.random_range(0..ROUTES.len())];
         let duration_ms = self.rng.random_range(1.0..80.0);
         let (trace_id, span_id) = self.ids();
-        let status = if self.rng.random_range(0..50) == 0 { 500 } else { 200 };
+        let status = if self.rng.random_range(0..50) == 0 {
+            500
+        } else {
+            200
+        };
         Span {
             trace_id,
             span_id,

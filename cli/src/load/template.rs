@@ -275,7 +275,11 @@ mod tests {
         let request = ExportTraceServiceRequest::decode(body).expect("valid protobuf");
         for span in &request.resource_spans[0].scope_spans[0].spans {
             assert_eq!(span.name, "frame.process");
-            assert_eq!(span.events.len(), 3, "exactly 3 detections: 4 rows per frame");
+            assert_eq!(
+                span.events.len(),
+                3,
+                "exactly 3 detections: 4 rows per frame"
+            );
         }
 
         let generator = TelemetryGenerator::new(5).with_shape(TraceShape::Spans);
@@ -286,7 +290,9 @@ mod tests {
         assert_eq!(Signal::Traces.count_protobuf(&first).unwrap(), 512);
         let request = ExportTraceServiceRequest::decode(first).expect("valid protobuf");
         let all = &request.resource_spans[0].scope_spans[0].spans;
-        assert!(all.iter().all(|s| s.events.is_empty() && s.name.starts_with("GET /")));
+        assert!(all
+            .iter()
+            .all(|s| s.events.is_empty() && s.name.starts_with("GET /")));
         let again = ExportTraceServiceRequest::decode(second).expect("valid protobuf");
         assert_ne!(
             all[0].span_id, again.resource_spans[0].scope_spans[0].spans[0].span_id,

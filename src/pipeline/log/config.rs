@@ -125,19 +125,34 @@ impl LogConfig {
         Ok(())
     }
 
-    /// Checks a destination's `max_lag_bytes` against the segment size: lag is dropped a
-    /// whole segment at a time.
-    pub(crate) fn validate_lag(&self, key: &str, queue: &QueueConfig) -> Result<(), ConfigError> {
-        match queue.max_lag_bytes {
-            Some(limit) if self.enabled && limit < 2 * self.segment_bytes => {
-                Err(ConfigError::invalid(
-                    key,
+    /// Checks a destination's lag limits (`queue` is the key of its queue section):
+    /// `max_lag_bytes` against the segment size, as lag is dropped a whole segment at a time;
+    /// `throttle_lag_ms` is positive and has a log to measure lag in.
+    pub(crate) fn validate_lag(
+        &self,
+        queue_key: &str,
+        queue: &QueueConfig,
+    ) -> Result<(), ConfigError> {
+        if let Some(limit) = queue.max_lag_bytes {
+            if self.enabled && limit < 2 * self.segment_bytes {
+                return Err(ConfigError::invalid(
+                    format!("{queue_key}.max_lag_bytes"),
                     format!(
                         "must be at least twice log.segment_bytes ({})",
                         self.segment_bytes
                     ),
-                ))
+                ));
             }
+        }
+        match queue.throttle_lag_ms {
+            Some(0) => Err(ConfigError::invalid(
+                format!("{queue_key}.throttle_lag_ms"),
+                "must be greater than 0 (leave it out for no lag bound)",
+            )),
+            Some(_) if !self.enabled => Err(ConfigError::invalid(
+                format!("{queue_key}.throttle_lag_ms"),
+                "needs the durable log (log.enabled = true); memory-only queues are bounded by queue.capacity",
+            )),
             _ => Ok(()),
         }
     }

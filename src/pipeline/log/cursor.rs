@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::Position;
+use crate::pipeline::queue::LagLimits;
 
 /// One destination's outstanding records and read position.
 #[derive(Debug)]
@@ -20,8 +21,9 @@ pub struct Tracker {
     inner: Mutex<Inner>,
     /// After a forced shutdown, abandoned deliveries must not count as finished.
     frozen: AtomicBool,
-    /// Past this lag (bytes), the destination's oldest data is dropped for it alone.
-    max_lag_bytes: Option<u64>,
+    /// How far behind the destination may fall before its oldest data is dropped for it
+    /// alone (bytes) or new requests are throttled (time).
+    limits: LagLimits,
 }
 
 #[derive(Debug)]
@@ -38,7 +40,7 @@ struct Inner {
 
 impl Tracker {
     /// A tracker for destination `name`, reading from `start`.
-    pub fn new(name: &str, start: Position, max_lag_bytes: Option<u64>) -> Self {
+    pub fn new(name: &str, start: Position, limits: LagLimits) -> Self {
         Tracker {
             name: name.into(),
             inner: Mutex::new(Inner {
@@ -48,13 +50,28 @@ impl Tracker {
                 floor: 0,
             }),
             frozen: AtomicBool::new(false),
-            max_lag_bytes,
+            limits,
         }
     }
 
     /// The destination's `queue.max_lag_bytes`, if it has one.
     pub fn max_lag_bytes(&self) -> Option<u64> {
-        self.max_lag_bytes
+        self.limits.max_lag_bytes
+    }
+
+    /// The destination's `queue.throttle_lag_ms`, if it has one.
+    pub fn throttle_lag(&self) -> Option<std::time::Duration> {
+        self.limits.throttle_lag
+    }
+
+    /// How long ago, at `now_unix_nanos`, the oldest request handed to the destination and
+    /// not finished was received, when that is longer than its throttle bound.
+    pub fn lag_beyond_throttle(&self, now_unix_nanos: i64) -> Option<std::time::Duration> {
+        let bound = self.limits.throttle_lag?;
+        let received = self.lock().outstanding.first_key_value()?.1 .1;
+        let lag =
+            std::time::Duration::from_nanos(now_unix_nanos.saturating_sub(received).max(0) as u64);
+        (lag > bound).then_some(lag)
     }
 
     /// The destination's name, which is also its cursor file's.
@@ -209,7 +226,7 @@ mod tests {
 
     #[test]
     fn cursor_is_the_first_unfinished_record() {
-        let tracker = Arc::new(Tracker::new("t", pos(0), None));
+        let tracker = Arc::new(Tracker::new("t", pos(0), LagLimits::default()));
         let a = tracker.hold(pos(0), pos(1), 0);
         tracker.skip_to(pos(2));
         let c = tracker.hold(pos(2), pos(3), 0);
@@ -222,7 +239,7 @@ mod tests {
 
     #[test]
     fn frozen_tracker_keeps_abandoned_records() {
-        let tracker = Arc::new(Tracker::new("t", pos(5), None));
+        let tracker = Arc::new(Tracker::new("t", pos(5), LagLimits::default()));
         let a = tracker.hold(pos(5), pos(6), 0);
         tracker.freeze();
         drop(a);
@@ -231,7 +248,14 @@ mod tests {
 
     #[test]
     fn abandoning_releases_stuck_records_and_skips_unread_ones() {
-        let tracker = Arc::new(Tracker::new("t", pos(0), Some(1)));
+        let tracker = Arc::new(Tracker::new(
+            "t",
+            pos(0),
+            LagLimits {
+                max_lag_bytes: Some(1),
+                throttle_lag: None,
+            },
+        ));
         let stuck = tracker.hold(pos(0), pos(1), 0);
         let _also = tracker.hold(pos(1), pos(2), 0);
         assert_eq!(tracker.abandon_before(pos(4)), 2 + 2);

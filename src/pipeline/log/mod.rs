@@ -63,6 +63,7 @@ pub use reader::LogReader;
 pub use status::{DestinationLag, LogStats, LogStatus};
 pub use writer::{AppendError, Appender};
 
+use super::queue::LagLimits;
 use super::QueueSender;
 use crate::telemetry::{self, reason};
 use crate::Signal;
@@ -127,12 +128,12 @@ impl Log {
         name: &str,
         signals: &[Signal],
         queue: QueueSender,
-        max_lag_bytes: Option<u64>,
+        limits: LagLimits,
         window_bytes: u64,
     ) -> anyhow::Result<LogReader> {
         let path = self.shared.cursor_dir.join(name);
         let start = self.resume_point(name, &path);
-        let tracker = Arc::new(Tracker::new(name, start, max_lag_bytes));
+        let tracker = Arc::new(Tracker::new(name, start, limits));
         for reason in [reason::LAG_LIMIT, reason::LOG_FULL, reason::CORRUPT] {
             metrics::counter!(telemetry::LOG_DROPPED_RECORDS, "destination" => name.to_owned(), "reason" => reason)
                 .increment(0);
@@ -149,6 +150,13 @@ impl Log {
             .lock()
             .expect("trackers lock")
             .push(tracker.clone());
+        if limits.throttle_lag.is_some() {
+            self.shared
+                .throttling
+                .write()
+                .expect("throttling lock")
+                .push((tracker.clone(), Signal::mask(signals)));
+        }
         if start.seq < self.opened_at.seq {
             tracing::info!(
                 destination = name,

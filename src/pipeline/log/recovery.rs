@@ -49,6 +49,7 @@ impl Log {
             state: Mutex::new(State { segments, bytes }),
             cache: Mutex::new(Cache::default()),
             trackers: Mutex::new(Vec::new()),
+            throttling: std::sync::RwLock::new(Vec::new()),
             failed: Mutex::new(None),
             spares: Mutex::new(spares),
             appended: Default::default(),

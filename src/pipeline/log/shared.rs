@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::status::AppendCounters;
 use super::{unix_nanos_of, LogConfig, Position, Tracker, SEGMENT_HEADER};
@@ -21,6 +21,9 @@ pub(super) struct Shared {
     pub(super) state: Mutex<State>,
     pub(super) cache: Mutex<Cache>,
     pub(super) trackers: Mutex<Vec<Arc<Tracker>>>,
+    /// Destinations with a `throttle_lag_ms`, and the signals each takes: checked for every
+    /// request, so a read lock and no allocation.
+    pub(super) throttling: RwLock<Vec<(Arc<Tracker>, [bool; 3])>>,
     /// Why the writer stopped accepting, after a write or sync failure.
     pub(super) failed: Mutex<Option<String>>,
     /// Read segment files kept for reuse (see `segment::recycle`).

@@ -89,7 +89,13 @@ async fn a_corrupt_record_in_an_older_segment_skips_only_the_rest_of_that_segmen
 pub(super) fn spawn_reader(log: &Log, name: &str) -> tokio::task::JoinHandle<Vec<u8>> {
     let (tx, mut rx) = queue(name, 1024);
     let reader = log
-        .reader(name, &[Signal::Logs], tx, None, 1 << 20)
+        .reader(
+            name,
+            &[Signal::Logs],
+            tx,
+            crate::pipeline::LagLimits::default(),
+            1 << 20,
+        )
         .unwrap();
     tokio::spawn(async move {
         let task = tokio::spawn(reader.run(CancellationToken::new()));
@@ -164,7 +170,13 @@ async fn a_new_destination_starts_at_the_head_and_a_restart_resumes_each_cursor(
         let log = Log::open(&config(dir.path())).unwrap();
         let (tx, mut rx) = queue("late", 1024);
         let reader = log
-            .reader("late", &[Signal::Logs], tx, None, 1 << 20)
+            .reader(
+                "late",
+                &[Signal::Logs],
+                tx,
+                crate::pipeline::LagLimits::default(),
+                1 << 20,
+            )
             .unwrap();
         let task = tokio::spawn(reader.run(CancellationToken::new()));
         append_all(&log, 3).await;

@@ -18,6 +18,7 @@ use super::shared::{DurableRecord, SegmentMeta, Shared};
 use super::{unix_nanos_of, Position, WhenLogFull};
 use crate::pipeline::Payload;
 use crate::telemetry::{self, reason, RateLimitedWarning};
+use crate::Signal;
 
 /// Why an append was refused.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -30,6 +31,12 @@ pub enum AppendError {
     Io(String),
     #[error("the gateway is shutting down")]
     Closed,
+    #[error("destination `{destination}` is {lag_ms} ms behind, more than its queue.throttle_lag_ms ({bound_ms}); retry later")]
+    Lagging {
+        destination: Arc<str>,
+        lag_ms: u64,
+        bound_ms: u64,
+    },
 }
 
 impl AppendError {
@@ -39,6 +46,7 @@ impl AppendError {
             AppendError::Full(_) => reason::LOG_FULL,
             AppendError::DiskFloor(_) => reason::DISK_FLOOR,
             AppendError::Io(_) | AppendError::Closed => reason::LOG_IO,
+            AppendError::Lagging { .. } => reason::THROTTLE_LAG,
         }
     }
 }
@@ -59,9 +67,36 @@ impl std::fmt::Debug for AppendRequest {
 #[derive(Debug, Clone)]
 pub struct Appender {
     tx: mpsc::Sender<AppendRequest>,
+    shared: Arc<Shared>,
 }
 
 impl Appender {
+    /// Refuses a request of `signal` while a destination that takes it lags more than its
+    /// `queue.throttle_lag_ms` (see [`Tracker::lag_beyond_throttle`]). Cheap enough to call
+    /// before a request is validated, so refused requests cost as little as possible.
+    pub fn check_lag(&self, signal: Signal) -> Result<(), AppendError> {
+        let throttling = self.shared.throttling.read().expect("throttling lock");
+        if throttling.is_empty() {
+            return Ok(());
+        }
+        let now = super::unix_nanos_now();
+        for (tracker, signals) in throttling.iter() {
+            if !signals[signal.index()] {
+                continue;
+            }
+            if let Some(lag) = tracker.lag_beyond_throttle(now) {
+                metrics::counter!(telemetry::LOG_REFUSED_REQUESTS, "reason" => reason::THROTTLE_LAG)
+                    .increment(1);
+                return Err(AppendError::Lagging {
+                    destination: tracker.name(),
+                    lag_ms: lag.as_millis() as u64,
+                    bound_ms: tracker.throttle_lag().map_or(0, |b| b.as_millis() as u64),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Appends `payload`; returns once it is on disk.
     pub async fn append(&self, payload: Arc<Payload>) -> Result<Position, AppendError> {
         let (reply, answer) = oneshot::channel();
@@ -87,6 +122,7 @@ pub(super) fn spawn(
     active: File,
     head: Position,
 ) -> io::Result<(Appender, watch::Receiver<Position>, JoinHandle<()>)> {
+    let shared_for_appender = shared.clone();
     let (head_tx, head_rx) = watch::channel(head);
     let (tx, rx) = mpsc::channel(MAX_WAITING_APPENDS);
     let writer = Writer {
@@ -104,7 +140,11 @@ pub(super) fn spawn(
     let thread = std::thread::Builder::new()
         .name("otelgate-log".into())
         .spawn(move || writer.run())?;
-    Ok((Appender { tx }, head_rx, thread))
+    let appender = Appender {
+        tx,
+        shared: shared_for_appender,
+    };
+    Ok((appender, head_rx, thread))
 }
 
 /// Free space on the log's file system, measured at most every 100 ms.

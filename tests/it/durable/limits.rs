@@ -164,3 +164,113 @@ async fn a_destination_past_its_lag_limit_drops_its_oldest_data_alone() {
     );
     assert!(log_bytes <= 512.0 * 1024.0);
 }
+
+/// A destination with `queue.throttle_lag_ms`: once its oldest unfinished request is older than
+/// the bound, new requests of the signals it takes get the throttling answer on both
+/// transports (and are counted), other signals are still accepted, and once it catches up
+/// requests are accepted again. Everything acknowledged reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_past_its_throttle_lag_throttles_until_it_catches_up() {
+    let slow = RecordingBackend::start().await.unwrap();
+    let logs = RecordingBackend::start().await.unwrap();
+    let mut config = config_for(&[
+        ("slow", &slow, Protocol::Grpc),
+        ("logs", &logs, Protocol::Grpc),
+    ]);
+    let slow_config = config.exporters.get_mut("slow").unwrap();
+    slow_config.signals = vec![Signal::Traces];
+    slow_config.timeout_ms = 200;
+    slow_config.queue.throttle_lag_ms = Some(300);
+    config.exporters.get_mut("logs").unwrap().signals = vec![Signal::Logs];
+    let gateway = start(config).await;
+    let traces = Bytes::from(fixture(TRACES));
+    let spans = Signal::Traces.count_protobuf(&traces).unwrap();
+    let mut accepted = 0u64;
+    grpc_export(gateway.grpc_addr(), Signal::Traces, traces.clone(), &[])
+        .await
+        .expect("accepted while the destination keeps up");
+    accepted += 1;
+    assert!(slow.wait_for(Signal::Traces, spans, WAIT).await);
+
+    slow.set_hanging(true);
+    let hung = std::time::Instant::now();
+    let refusal = loop {
+        match grpc_export(gateway.grpc_addr(), Signal::Traces, traces.clone(), &[]).await {
+            Ok(()) => accepted += 1,
+            Err(status) => break status,
+        }
+        assert!(hung.elapsed() < WAIT, "never throttled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let throttled_after = hung.elapsed();
+    assert!(
+        throttled_after >= Duration::from_millis(300),
+        "throttled after {throttled_after:?}, before the bound"
+    );
+    assert_eq!(
+        refusal.code(),
+        tonic::Code::ResourceExhausted,
+        "{refusal:?}"
+    );
+    assert!(
+        refusal.message().contains("`slow`") && refusal.message().contains("throttle_lag_ms (300)"),
+        "{}",
+        refusal.message()
+    );
+    assert!(tonic_types::StatusExt::get_details_retry_info(&refusal).is_some());
+    let http = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", gateway.http_addr()))
+        .header("content-type", "application/x-protobuf")
+        .body(traces.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(http.status(), 429);
+    assert!(http.headers().contains_key("retry-after"));
+    grpc_export(
+        gateway.grpc_addr(),
+        Signal::Logs,
+        Bytes::from(fixture("otlp-sdk-payloads/logs.pb")),
+        &[],
+    )
+    .await
+    .expect("a signal the lagging destination does not take is accepted");
+    let admin = gateway.admin_addr();
+    let refused = metric(
+        admin,
+        "otelgate_receiver_refused_requests_total",
+        &[("signal", "traces"), ("reason", "lag_throttle")],
+    )
+    .await;
+    assert!(refused >= 2.0, "refusals counted: {refused}");
+
+    slow.set_hanging(false);
+    let recovered = std::time::Instant::now();
+    loop {
+        match grpc_export(gateway.grpc_addr(), Signal::Traces, traces.clone(), &[]).await {
+            Ok(()) => {
+                accepted += 1;
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), tonic::Code::ResourceExhausted),
+        }
+        assert!(
+            recovered.elapsed() < WAIT,
+            "still throttled after the destination recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        slow.wait_for(Signal::Traces, accepted * spans, WAIT).await,
+        "acknowledged spans lost: {} of {}",
+        slow.items(Signal::Traces),
+        accepted * spans
+    );
+    println!(
+        "throttle lag: throttled {throttled_after:?} after the destination hung (bound 300 ms), \
+         {refused} refusals, accepted again {:?} after it recovered; {accepted} requests accepted, \
+         all delivered",
+        recovered.elapsed()
+    );
+    gateway.shutdown().await;
+}
