@@ -53,7 +53,7 @@ if SHAPES:
                          f"backlog {rows['backlog_rows']:,} rows; commit p99 {commit_p99(report):.0f} ms")
         row(f"gateway, log on, OTLP/{protocol}, paced at {paced_factor} x the ceiling before: committed while sending", cells)
     mean = {s: sum(ceilings(s)) / max(len(ceilings(s)), 1) for s in SHAPES}
-    for name, label in (("closed", "closed loop, no lag bound"), ("throttled", f"closed loop, throttle_lag_ms = {throttle_ms}")):
+    for name, label in (("closed", "closed loop, no lag bound"), ("throttled", f"closed loop, throttle_lag_ms = {throttle_ms}, clients retry as advised")):
         cells = []
         for shape in SHAPES:
             report, rows = load(f"{name}-{shape}"), load(f"{name}-{shape}-rows")

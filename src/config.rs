@@ -354,7 +354,10 @@ mod tests {
         let limits = config.exporters["lgtm"].queue.lag_limits();
         assert_eq!(limits.throttle_lag, Some(std::time::Duration::from_secs(2)));
         let err = load_err(&with("throttle_lag_ms = 0"), &[]);
-        assert!(err.contains("exporters.lgtm.queue.throttle_lag_ms"), "{err}");
+        assert!(
+            err.contains("exporters.lgtm.queue.throttle_lag_ms"),
+            "{err}"
+        );
         let err = load_err(
             &format!("[log]\nenabled = false\n{}", with("throttle_lag_ms = 100")),
             &[],

@@ -345,10 +345,23 @@ impl Ingest {
 
     /// Refuses a request of `signal` with the throttling answer while a destination that
     /// takes it lags past its `queue.throttle_lag_ms`.
+    /// The advised delay is how far the lag is over the bound (at least 100 ms, at most
+    /// `retry_after_seconds`): clients that wait the full second while the destination
+    /// catches up in less leave it idle.
     pub fn check_lag(&self, signal: Signal) -> Result<(), IngestError> {
         self.fanout.check_lag(signal).map_err(|error| {
             let message = error.to_string();
             match error {
+                DispatchError::Log(AppendError::Lagging {
+                    lag_ms, bound_ms, ..
+                }) => IngestError::LogBackpressure {
+                    message,
+                    reason: reason::THROTTLE_LAG,
+                    retry_after: Duration::from_millis(lag_ms.saturating_sub(bound_ms)).clamp(
+                        Duration::from_millis(100),
+                        self.retry_after.max(Duration::from_millis(100)),
+                    ),
+                },
                 DispatchError::Log(error) => IngestError::LogBackpressure {
                     message,
                     reason: error.reason(),

@@ -57,6 +57,13 @@ pub struct LoadArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Behave like an OTLP exporter when throttled: a request refused with a throttling
+    /// answer (gRPC `RESOURCE_EXHAUSTED` or `UNAVAILABLE`, HTTP 429 or 503) is sent again,
+    /// unchanged, after the delay the server advised (RetryInfo, `Retry-After`; 1 s when it
+    /// gave none), until the run ends. Its acknowledgement latency counts from the first try.
+    /// Without it, a refused request is counted and the connection sends the next one at once.
+    #[arg(long)]
+    pub retry_throttled: bool,
 }
 
 /// What a load run measured.
@@ -136,6 +143,12 @@ struct ConnectionTally {
     latencies: Vec<Duration>,
 }
 
+/// A refused request: the status, and the advised delay when it was a throttling answer.
+struct Refusal {
+    status: String,
+    retry_after: Option<Duration>,
+}
+
 enum Client {
     Grpc(tonic::client::Grpc<tonic::transport::Channel>),
     Http(reqwest::Client, String),
@@ -159,16 +172,33 @@ impl Client {
         }
     }
 
-    /// Sends one request; `Err` carries the refusal's status name.
-    async fn send(&mut self, signal: Signal, body: Bytes) -> Result<(), String> {
+    /// Sends one request; `Err` carries the refusal's status name and, for a throttling
+    /// answer, the delay the server advised (1 s when it gave none).
+    async fn send(&mut self, signal: Signal, body: Bytes) -> Result<(), Refusal> {
+        let transport = |e: &dyn std::fmt::Display| Refusal {
+            status: format!("transport: {e}"),
+            retry_after: None,
+        };
         match self {
             Client::Grpc(grpc) => {
-                grpc.ready().await.map_err(|e| format!("transport: {e}"))?;
+                grpc.ready().await.map_err(|e| transport(&e))?;
                 let path = http::uri::PathAndQuery::from_static(signal.grpc_path());
                 grpc.unary::<Bytes, Bytes, _>(tonic::Request::new(body), path, BytesCodec)
                     .await
                     .map(|_| ())
-                    .map_err(|s| format!("grpc {:?}", s.code()))
+                    .map_err(|s| {
+                        let throttled = matches!(
+                            s.code(),
+                            tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+                        );
+                        let advised = tonic_types::StatusExt::get_details_retry_info(&s)
+                            .and_then(|info| info.retry_delay);
+                        Refusal {
+                            status: format!("grpc {:?}", s.code()),
+                            retry_after: throttled
+                                .then(|| advised.unwrap_or(Duration::from_secs(1))),
+                        }
+                    })
             }
             Client::Http(client, base) => {
                 let response = client
@@ -177,12 +207,21 @@ impl Client {
                     .body(body)
                     .send()
                     .await
-                    .map_err(|e| format!("transport: {e}"))?;
-                if response.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("http {}", response.status().as_u16()))
+                    .map_err(|e| transport(&e))?;
+                let status = response.status();
+                if status.is_success() {
+                    return Ok(());
                 }
+                let advised = response
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let throttled = matches!(status.as_u16(), 429 | 503);
+                Err(Refusal {
+                    status: format!("http {}", status.as_u16()),
+                    retry_after: throttled.then(|| advised.unwrap_or(Duration::from_secs(1))),
+                })
             }
         }
     }
@@ -218,7 +257,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         let client = Client::connect(&args.protocol, &endpoint).await?;
         let seed = connection as u64 + 1;
         let load = ConnectionLoad::new(client, signal, args.shape, batch, seed, &run_id);
-        tasks.spawn(load.run(interval, deadline));
+        tasks.spawn(load.run(interval, deadline, args.retry_throttled));
     }
     let mut total = ConnectionTally::default();
     while let Some(joined) = tasks.join_next().await {
@@ -327,7 +366,12 @@ impl ConnectionLoad {
     }
 
     /// Sends one request at a time until `deadline`, one every `interval` when given.
-    async fn run(mut self, interval: Option<Duration>, deadline: Instant) -> ConnectionTally {
+    async fn run(
+        mut self,
+        interval: Option<Duration>,
+        deadline: Instant,
+        retry_throttled: bool,
+    ) -> ConnectionTally {
         let mut tally = ConnectionTally::default();
         let mut next = Instant::now();
         while Instant::now() < deadline {
@@ -344,14 +388,25 @@ impl ConnectionLoad {
             tally.requests_sent += 1;
             tally.items_sent += items;
             let t0 = Instant::now();
-            match self.client.send(self.signal, body).await {
-                Ok(()) => {
-                    tally.latencies.push(t0.elapsed());
-                    tally.requests_acknowledged += 1;
-                    tally.items_acknowledged += items;
-                    tally.spans_acknowledged += spans;
+            loop {
+                match self.client.send(self.signal, body.clone()).await {
+                    Ok(()) => {
+                        tally.latencies.push(t0.elapsed());
+                        tally.requests_acknowledged += 1;
+                        tally.items_acknowledged += items;
+                        tally.spans_acknowledged += spans;
+                    }
+                    Err(refusal) => {
+                        *tally.refusals.entry(refusal.status).or_default() += 1;
+                        if let (true, Some(delay)) = (retry_throttled, refusal.retry_after) {
+                            if Instant::now() + delay < deadline {
+                                tokio::time::sleep(delay).await;
+                                continue;
+                            }
+                        }
+                    }
                 }
-                Err(status) => *tally.refusals.entry(status).or_default() += 1,
+                break;
             }
         }
         tally

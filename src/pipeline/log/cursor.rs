@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::Position;
 use crate::pipeline::queue::LagLimits;
@@ -24,6 +25,12 @@ pub struct Tracker {
     /// How far behind the destination may fall before its oldest data is dropped for it
     /// alone (bytes) or new requests are throttled (time).
     limits: LagLimits,
+    /// Bytes of the log the destination finishes per second while it has a backlog (an
+    /// average over about a second; 0 until measured), set by [`Tracker::observe_drain`].
+    drain_rate: AtomicU64,
+    /// The cursor's offset at the last [`Tracker::observe_drain`], when, and whether the
+    /// destination was behind the head then.
+    drain_sample: Mutex<Option<(u64, Instant, bool)>>,
 }
 
 #[derive(Debug)]
@@ -51,6 +58,8 @@ impl Tracker {
             }),
             frozen: AtomicBool::new(false),
             limits,
+            drain_rate: AtomicU64::new(0),
+            drain_sample: Mutex::new(None),
         }
     }
 
@@ -64,14 +73,56 @@ impl Tracker {
         self.limits.throttle_lag
     }
 
-    /// How long ago, at `now_unix_nanos`, the oldest request handed to the destination and
-    /// not finished was received, when that is longer than its throttle bound.
-    pub fn lag_beyond_throttle(&self, now_unix_nanos: i64) -> Option<std::time::Duration> {
+    /// The destination's lag at `now_unix_nanos` with the log's head at `head_offset`, when
+    /// it is longer than its throttle bound. The lag is the longer of two: how long ago the
+    /// oldest record it holds unfinished was received, and how long the records between its
+    /// cursor and the head will take at the rate it has been finishing them. The first alone
+    /// is not enough: a client that sends faster than the destination finishes fills the log
+    /// with more than the bound's worth of work before the oldest record gets that old, and
+    /// the newest records then wait several times the bound.
+    pub fn lag_beyond_throttle(&self, now_unix_nanos: i64, head_offset: u64) -> Option<Duration> {
         let bound = self.limits.throttle_lag?;
-        let received = self.lock().outstanding.first_key_value()?.1 .1;
-        let lag =
-            std::time::Duration::from_nanos(now_unix_nanos.saturating_sub(received).max(0) as u64);
+        let (received, cursor) = {
+            let inner = self.lock();
+            match inner.outstanding.first_key_value() {
+                Some((_, &(offset, received))) => (Some(received), offset),
+                None => (None, inner.next.offset),
+            }
+        };
+        let age = received.map_or(Duration::ZERO, |received| {
+            Duration::from_nanos(now_unix_nanos.saturating_sub(received).max(0) as u64)
+        });
+        let backlog = head_offset.saturating_sub(cursor);
+        let rate = self.drain_rate.load(Ordering::Relaxed);
+        let drain = if rate > 0 && backlog > 0 {
+            Duration::from_secs_f64(backlog as f64 / rate as f64)
+        } else {
+            Duration::ZERO
+        };
+        let lag = age.max(drain);
         (lag > bound).then_some(lag)
+    }
+
+    /// Measures how fast the destination finishes the log: called periodically (by log
+    /// maintenance) with its cursor and the head. Only intervals that began with a backlog
+    /// count, so an idle destination keeps the rate it last showed under load.
+    pub fn observe_drain(&self, cursor_offset: u64, head_offset: u64, now: Instant) {
+        let mut sample = self.drain_sample.lock().expect("drain sample lock");
+        if let Some((previous, at, behind)) = *sample {
+            let elapsed = now.saturating_duration_since(at).as_secs_f64();
+            if behind && elapsed > 0.0 {
+                let rate = cursor_offset.saturating_sub(previous) as f64 / elapsed;
+                let old = self.drain_rate.load(Ordering::Relaxed) as f64;
+                // About a second of memory at the default 200 ms maintenance period.
+                let new = if old == 0.0 {
+                    rate
+                } else {
+                    0.8 * old + 0.2 * rate
+                };
+                self.drain_rate.store(new as u64, Ordering::Relaxed);
+            }
+        }
+        *sample = Some((cursor_offset, now, head_offset > cursor_offset));
     }
 
     /// The destination's name, which is also its cursor file's.
@@ -222,6 +273,42 @@ mod tests {
             seq,
             offset: seq * 10,
         }
+    }
+
+    #[test]
+    fn throttle_lag_counts_the_backlog_at_the_rate_the_destination_finishes_it() {
+        let limits = LagLimits {
+            max_lag_bytes: None,
+            throttle_lag: Some(Duration::from_secs(1)),
+        };
+        let tracker = Arc::new(Tracker::new("t", pos(0), limits));
+        let now_ns = 1_000_000_000_000i64;
+        let _held = tracker.hold(pos(0), pos(1), now_ns);
+        // Unmeasured rate: only the age of the oldest record counts.
+        assert_eq!(tracker.lag_beyond_throttle(now_ns, 1_000_000), None);
+        let late = now_ns + 1_500_000_000;
+        assert_eq!(
+            tracker.lag_beyond_throttle(late, 10),
+            Some(Duration::from_millis(1500))
+        );
+        // 1,000 bytes finished per 100 ms while behind: 10,000 bytes/s. 20,000 bytes of
+        // backlog are then 2 s of work, though the oldest record is brand new.
+        let start = Instant::now();
+        tracker.observe_drain(0, 50_000, start);
+        tracker.observe_drain(1_000, 50_000, start + Duration::from_millis(100));
+        let lag = tracker
+            .lag_beyond_throttle(now_ns, 20_000)
+            .expect("throttled");
+        assert_eq!(lag, Duration::from_secs(2));
+        assert_eq!(
+            tracker.lag_beyond_throttle(now_ns, 5_000),
+            None,
+            "0.5 s of work"
+        );
+        // Idle intervals (no backlog when they began) leave the measured rate alone.
+        tracker.observe_drain(1_000, 1_000, start + Duration::from_millis(200));
+        tracker.observe_drain(1_000, 1_000, start + Duration::from_millis(300));
+        assert!(tracker.lag_beyond_throttle(now_ns, 20_000).is_some());
     }
 
     #[test]

@@ -41,6 +41,9 @@ impl Log {
         for tracker in &trackers {
             self.enforce_limits(tracker, head, oldest);
             let (cursor, oldest_received) = tracker.cursor();
+            if tracker.throttle_lag().is_some() {
+                tracker.observe_drain(cursor.offset, head.offset, std::time::Instant::now());
+            }
             min = min.min(cursor);
             self.save_cursor(tracker, cursor);
             self.set_lag_gauges(tracker, head, cursor, oldest_received);

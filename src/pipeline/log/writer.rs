@@ -31,7 +31,7 @@ pub enum AppendError {
     Io(String),
     #[error("the gateway is shutting down")]
     Closed,
-    #[error("destination `{destination}` is {lag_ms} ms behind, more than its queue.throttle_lag_ms ({bound_ms}); retry later")]
+    #[error("destination `{destination}` is about {lag_ms} ms behind, more than its queue.throttle_lag_ms ({bound_ms}); retry later")]
     Lagging {
         destination: Arc<str>,
         lag_ms: u64,
@@ -68,6 +68,7 @@ impl std::fmt::Debug for AppendRequest {
 pub struct Appender {
     tx: mpsc::Sender<AppendRequest>,
     shared: Arc<Shared>,
+    head: watch::Receiver<Position>,
 }
 
 impl Appender {
@@ -80,11 +81,12 @@ impl Appender {
             return Ok(());
         }
         let now = super::unix_nanos_now();
+        let head = self.head.borrow().offset;
         for (tracker, signals) in throttling.iter() {
             if !signals[signal.index()] {
                 continue;
             }
-            if let Some(lag) = tracker.lag_beyond_throttle(now) {
+            if let Some(lag) = tracker.lag_beyond_throttle(now, head) {
                 metrics::counter!(telemetry::LOG_REFUSED_REQUESTS, "reason" => reason::THROTTLE_LAG)
                     .increment(1);
                 return Err(AppendError::Lagging {
@@ -143,6 +145,7 @@ pub(super) fn spawn(
     let appender = Appender {
         tx,
         shared: shared_for_appender,
+        head: head_rx.clone(),
     };
     Ok((appender, head_rx, thread))
 }
