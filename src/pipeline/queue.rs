@@ -54,8 +54,9 @@ pub struct QueueConfig {
     /// queues; with the log on, the log is the buffer.
     #[serde(default)]
     pub max_lag_bytes: Option<u64>,
-    /// With the durable log on: when this destination's oldest unfinished request was received
-    /// more than this many milliseconds ago, new requests are refused with the throttling
+    /// With the durable log on: when this destination lags more than this many milliseconds
+    /// (the age of its oldest unfinished request, or its backlog at the rate it has been
+    /// finishing the log, whichever is longer), new requests are refused with the throttling
     /// answer (gRPC `RESOURCE_EXHAUSTED` with retry info, HTTP 429 with `Retry-After`) until
     /// it catches up, so a steady overload settles at the destination's rate with this lag
     /// instead of a backlog that grows without limit. Nothing already acknowledged is
