@@ -5,7 +5,9 @@
 #  - per minute: frames offered and acknowledged, refusals, acknowledgement latency p50/p99
 #    (`otelgate load`) and receive-to-commit latency p50/p99 of that minute's rows;
 #  - at the end: every acknowledged frame is a row, once, with its 3 detections.
-# Then plots it all into $OUT/soak.png (matplotlib, installed into target/soak-venv).
+# Then plots it all into $OUT/soak.png (matplotlib, installed into target/soak-venv); lines
+# "<from minute> <to minute> <label>" in $OUT/busy.txt shade other work done on the machine
+# meanwhile (re-plot with `target/soak-venv/bin/python scripts/soak_plot.py $OUT`).
 # Each minute is one `otelgate load` run, so the client reconnects every minute and there is
 # a gap of about a second between minutes while it counts that minute's rows.
 # Knobs: SOAK_MINUTES (default 120), SOAK_RATE (frames/s, default 1000), SOAK_BURST_AT (minute

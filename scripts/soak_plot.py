@@ -48,6 +48,18 @@ ax.set_ylim(bottom=0)
 ax.legend(loc="upper right")
 ax.set_xlabel("minutes since start (per-minute percentiles)")
 
+# Other work on the same machine while the soak ran, if noted: "<from minute> <to minute> <label>"
+# per line in busy.txt, shaded on every panel.
+try:
+    busy = [line.split(maxsplit=2) for line in open(f"{out}/busy.txt") if line.strip()]
+except FileNotFoundError:
+    busy = []
+for start, end, label in busy:
+    for index, ax in enumerate(axes):
+        ax.axvspan(float(start), float(end), color="orange", alpha=0.15, label=label.strip() if index == 0 else None)
+if busy:
+    axes[0].legend(loc="upper right")
+
 fig.tight_layout()
 fig.savefig(f"{out}/soak.png", dpi=90)
 print(f"wrote {out}/soak.png")
