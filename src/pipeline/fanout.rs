@@ -54,10 +54,10 @@ pub enum Dispatcher {
 impl Dispatcher {
     /// Refuses a request of `signal` early while a destination taking it lags past its
     /// `queue.throttle_lag_ms` (durable log only; memory queues are bounded by capacity).
-    pub fn check_lag(&self, signal: Signal) -> Result<(), DispatchError> {
+    pub fn check_lag(&self, signal: Signal) -> Result<(), super::log::Lagging> {
         match self {
             Dispatcher::Memory(_) => Ok(()),
-            Dispatcher::Durable { log, .. } => Ok(log.check_lag(signal)?),
+            Dispatcher::Durable { log, .. } => log.check_lag(signal),
         }
     }
 

@@ -344,33 +344,19 @@ impl Ingest {
     }
 
     /// Refuses a request of `signal` with the throttling answer while a destination that
-    /// takes it lags past its `queue.throttle_lag_ms`.
-    /// The advised delay is how far the lag is over the bound (at least 100 ms, at most
-    /// `retry_after_seconds`): clients that wait the full second while the destination
-    /// catches up in less leave it idle.
+    /// takes it lags past its `queue.throttle_lag_ms`. The advised delay is how far the lag
+    /// is over the bound (at least 100 ms, at most `retry_after_seconds`): clients that wait
+    /// the full second while the destination catches up in less leave it idle.
     pub fn check_lag(&self, signal: Signal) -> Result<(), IngestError> {
-        self.fanout.check_lag(signal).map_err(|error| {
-            let message = error.to_string();
-            match error {
-                DispatchError::Log(AppendError::Lagging {
-                    lag_ms, bound_ms, ..
-                }) => IngestError::LogBackpressure {
-                    message,
-                    reason: reason::THROTTLE_LAG,
-                    retry_after: Duration::from_millis(lag_ms.saturating_sub(bound_ms)).clamp(
-                        Duration::from_millis(100),
-                        self.retry_after.max(Duration::from_millis(100)),
-                    ),
-                },
-                DispatchError::Log(error) => IngestError::LogBackpressure {
-                    message,
-                    reason: error.reason(),
-                    retry_after: self.retry_after,
-                },
-                _ => IngestError::Unavailable {
-                    message,
-                    retry_after: self.retry_after,
-                },
+        self.fanout.check_lag(signal).map_err(|lagging| {
+            let floor = Duration::from_millis(100);
+            IngestError::LogBackpressure {
+                message: lagging.to_string(),
+                reason: reason::THROTTLE_LAG,
+                retry_after: lagging
+                    .lag
+                    .saturating_sub(lagging.bound)
+                    .clamp(floor, self.retry_after.max(floor)),
             }
         })
     }
@@ -446,11 +432,6 @@ impl Ingest {
                         retry_after: self.retry_after,
                     },
                     AppendError::Closed => IngestError::ShuttingDown {
-                        retry_after: self.retry_after,
-                    },
-                    AppendError::Lagging { .. } => IngestError::LogBackpressure {
-                        message: error.to_string(),
-                        reason: reason::THROTTLE_LAG,
                         retry_after: self.retry_after,
                     },
                     AppendError::Io(_) => IngestError::LogFailed {

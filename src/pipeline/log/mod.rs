@@ -61,7 +61,7 @@ pub use config::{LogConfig, WhenLogFull};
 pub use cursor::{Done, Tracker};
 pub use reader::LogReader;
 pub use status::{DestinationLag, LogStats, LogStatus};
-pub use writer::{AppendError, Appender};
+pub use writer::{AppendError, Appender, Lagging};
 
 use super::queue::LagLimits;
 use super::QueueSender;

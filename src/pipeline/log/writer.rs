@@ -31,12 +31,15 @@ pub enum AppendError {
     Io(String),
     #[error("the gateway is shutting down")]
     Closed,
-    #[error("destination `{destination}` is about {lag_ms} ms behind, more than its queue.throttle_lag_ms ({bound_ms}); retry later")]
-    Lagging {
-        destination: Arc<str>,
-        lag_ms: u64,
-        bound_ms: u64,
-    },
+}
+
+/// A destination lags past its `queue.throttle_lag_ms`: new requests it takes are throttled.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("destination `{destination}` is about {} ms behind, more than its queue.throttle_lag_ms ({}); retry later", .lag.as_millis(), .bound.as_millis())]
+pub struct Lagging {
+    pub destination: Arc<str>,
+    pub lag: Duration,
+    pub bound: Duration,
 }
 
 impl AppendError {
@@ -46,7 +49,6 @@ impl AppendError {
             AppendError::Full(_) => reason::LOG_FULL,
             AppendError::DiskFloor(_) => reason::DISK_FLOOR,
             AppendError::Io(_) | AppendError::Closed => reason::LOG_IO,
-            AppendError::Lagging { .. } => reason::THROTTLE_LAG,
         }
     }
 }
@@ -75,7 +77,7 @@ impl Appender {
     /// Refuses a request of `signal` while a destination that takes it lags more than its
     /// `queue.throttle_lag_ms` (see [`Tracker::lag_beyond_throttle`]). Cheap enough to call
     /// before a request is validated, so refused requests cost as little as possible.
-    pub fn check_lag(&self, signal: Signal) -> Result<(), AppendError> {
+    pub fn check_lag(&self, signal: Signal) -> Result<(), Lagging> {
         let throttling = self.shared.throttling.read().expect("throttling lock");
         if throttling.is_empty() {
             return Ok(());
@@ -89,10 +91,10 @@ impl Appender {
             if let Some(lag) = tracker.lag_beyond_throttle(now, head) {
                 metrics::counter!(telemetry::LOG_REFUSED_REQUESTS, "reason" => reason::THROTTLE_LAG)
                     .increment(1);
-                return Err(AppendError::Lagging {
+                return Err(Lagging {
                     destination: tracker.name(),
-                    lag_ms: lag.as_millis() as u64,
-                    bound_ms: tracker.throttle_lag().map_or(0, |b| b.as_millis() as u64),
+                    lag,
+                    bound: tracker.throttle_lag().unwrap_or_default(),
                 });
             }
         }
