@@ -140,6 +140,11 @@ async fn launch_all<D: BatchingDestination>(
     stop: &CancellationToken,
 ) -> bool {
     for index in ready.drain(..) {
+        // A batch started earlier in the list may have taken this one along (the sink
+        // writes every pending table at once).
+        if !destination.is_pending(index) {
+            continue;
+        }
         if !launch(destination, index, slots, tasks, stop).await {
             return false;
         }

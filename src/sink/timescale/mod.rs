@@ -27,4 +27,4 @@ pub use mapping::{mapping_columns, ColumnType, Mapping, MappingConfig, RecordKin
 pub use schema::{migrate, SchemaInfo};
 pub use sink::{prepare_database, LogLedger, SinkReport, TimescaleSink};
 pub use tls::SslMode;
-pub use writer::{copy_batch, CopyOutcome, LedgerClaim};
+pub use writer::{copy_batch, copy_batches, CopyOutcome, LedgerClaim, TableBatch};

@@ -21,7 +21,7 @@ use super::ledger::{Committed, Coverage, RowKey};
 use super::mapping::Mapping;
 use super::schema::{migrate, SchemaInfo};
 use super::writer::{
-    count_nul_replaced, ledger_keys, now_nanos, SinkWriter, Target, REJECTED_TABLE,
+    count_nul_replaced, ledger_keys, now_nanos, GroupMember, SinkWriter, Target, REJECTED_TABLE,
 };
 use crate::pipeline::batching::{self, BatchingDestination};
 use crate::pipeline::log::{Log, LogReader, Tracker};
@@ -345,35 +345,40 @@ impl BatchingDestination for SinkBatches {
         );
     }
 
-    /// Writes target `index`'s pending rows on the connection slot `slot`.
-    fn start(&mut self, index: usize, slot: OwnedSemaphorePermit, tasks: &mut JoinSet<()>) {
-        let pending = std::mem::take(&mut self.pending[index]);
-        // The next batch is about as large: room for it (and an eighth more, as the last
-        // request rarely fits exactly) up front instead of growing into it, which copies the
-        // rows and faults in fresh pages each time the buffers double.
-        let next = &mut self.pending[index];
-        let room = |n: usize| n + n / 8;
-        next.rows = Rows::with_capacity(room(pending.rows.data_len()), room(pending.rows.len()));
-        next.keys = Vec::with_capacity(room(pending.keys.len()));
-        next.payloads = Vec::with_capacity(room(pending.payloads.len()));
-        let target = self.targets[index].clone();
+    /// Writes the rows pending for every target on the connection slot `slot`, in one
+    /// transaction: batch `index` is due or full, and the others leave with it rather than
+    /// cost a commit of their own a few milliseconds later.
+    fn start(&mut self, _index: usize, slot: OwnedSemaphorePermit, tasks: &mut JoinSet<()>) {
+        let mut group = Vec::new();
+        let mut rows = 0u64;
+        let mut payloads = Vec::new();
+        for (pending, target) in self.pending.iter_mut().zip(&self.targets) {
+            if pending.rows.is_empty() {
+                continue;
+            }
+            let taken = std::mem::take(pending);
+            // The next batch is about as large: room for it (and an eighth more, as the last
+            // request rarely fits exactly) up front instead of growing into it, which copies
+            // the rows and faults in fresh pages each time the buffers double.
+            let room = |n: usize| n + n / 8;
+            pending.rows = Rows::with_capacity(room(taken.rows.data_len()), room(taken.rows.len()));
+            pending.keys = Vec::with_capacity(room(taken.keys.len()));
+            pending.payloads = Vec::with_capacity(room(taken.payloads.len()));
+            rows += taken.rows.len() as u64;
+            payloads.push(taken.payloads);
+            group.push(GroupMember {
+                target: target.clone(),
+                rows: taken.rows.into_batch(),
+                keys: taken.keys,
+                oldest: taken.oldest,
+            });
+        }
         let writer = self.writer.clone();
-        writer
-            .tally
-            .in_flight
-            .fetch_add(pending.rows.len() as u64, Ordering::Relaxed);
+        writer.tally.in_flight.fetch_add(rows, Ordering::Relaxed);
         tasks.spawn(async move {
-            let count = pending.rows.len() as u64;
-            writer
-                .write(
-                    &target,
-                    pending.rows.into_batch(),
-                    pending.keys,
-                    pending.oldest,
-                )
-                .await;
-            writer.tally.in_flight.fetch_sub(count, Ordering::Relaxed);
-            drop(pending.payloads);
+            writer.write_group(group).await;
+            writer.tally.in_flight.fetch_sub(rows, Ordering::Relaxed);
+            drop(payloads);
             drop(slot);
         });
     }

@@ -6,6 +6,7 @@
 //! `otelgate_rejected_rows`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -143,6 +144,16 @@ pub(super) struct SinkWriter {
     log_id: Option<uuid::Uuid>,
 }
 
+/// One table's rows in a transaction of several tables (see [`SinkWriter::write_group`]).
+pub(super) struct GroupMember {
+    pub(super) target: Arc<Target>,
+    pub(super) rows: CopyBatch,
+    /// With the durable log: each row's key, in the same order as `rows`.
+    pub(super) keys: Vec<RowKey>,
+    /// When the oldest request with rows in `rows` arrived.
+    pub(super) oldest: Option<std::time::Instant>,
+}
+
 /// The outcome of [`copy_batch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyOutcome {
@@ -162,10 +173,19 @@ pub struct LedgerClaim<'a> {
     pub range: Option<LedgerRange>,
 }
 
+/// One table's part of a transaction written by [`copy_batches`]: binary COPY `data` (`rows`
+/// rows) with `copy_sql`, under the ledger row `claim`.
+#[derive(Debug, Clone, Copy)]
+pub struct TableBatch<'a> {
+    pub copy_sql: &'a str,
+    pub data: &'a Bytes,
+    pub rows: usize,
+    pub claim: LedgerClaim<'a>,
+}
+
 /// Writes one batch of binary COPY `data` (`rows` rows) with `copy_sql` in one transaction
-/// that first claims `claim.batch_id` in the ledger. If the id is already there (an earlier
-/// attempt committed), or an attempt still in flight commits it while this one waits on the
-/// ledger row, nothing is written. Public for tests of the exactly-once contract.
+/// that first claims `claim.batch_id` in the ledger (see [`copy_batches`]). Public for tests
+/// of the exactly-once contract.
 pub async fn copy_batch(
     pool: &Pool,
     copy_sql: &str,
@@ -173,52 +193,123 @@ pub async fn copy_batch(
     rows: usize,
     claim: LedgerClaim<'_>,
 ) -> Result<CopyOutcome, TimescaleSinkError> {
+    let batch = TableBatch {
+        copy_sql,
+        data,
+        rows,
+        claim,
+    };
+    copy_batches(pool, &[batch]).await
+}
+
+/// Writes `batches` (one per table) in one transaction that first claims every batch's id in
+/// the ledger. The ids are claimed together, so they are either all there or none is: if they
+/// are (an earlier attempt committed), or an attempt still in flight commits them while this
+/// one waits on the ledger rows, nothing is written. Public for tests of the exactly-once
+/// contract.
+pub async fn copy_batches(
+    pool: &Pool,
+    batches: &[TableBatch<'_>],
+) -> Result<CopyOutcome, TimescaleSinkError> {
+    let mut claims = LedgerColumns::default();
+    for batch in batches {
+        claims.push(batch);
+    }
     let mut client = pool.get().await.map_err(TimescaleSinkError::from)?;
     let tx = client.transaction().await?;
-    let (log_id, first_seq, first_row, last_seq, last_row) = match claim.range {
-        Some(r) => (
-            Some(r.log_id),
-            Some(r.first.0 as i64),
-            Some(r.first.1 as i32),
-            Some(r.last.0 as i64),
-            Some(r.last.1 as i32),
-        ),
-        None => (None, None, None, None, None),
-    };
-    let mapping = claim.key.map(|k| k.mapping.as_str());
-    let fingerprint = claim.key.map(|k| i64::from(k.fingerprint));
-    let claimed = tx
-        .execute_typed(
-            "INSERT INTO otelgate_ledger (batch_id, table_name, row_count, log_id, first_seq, first_row, last_seq, last_row, mapping, mapping_fingerprint) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (batch_id) DO NOTHING",
-            &[
-                (&claim.batch_id, Type::UUID),
-                (&claim.table, Type::TEXT),
-                (&(rows as i64), Type::INT8),
-                (&log_id, Type::UUID),
-                (&first_seq, Type::INT8),
-                (&first_row, Type::INT4),
-                (&last_seq, Type::INT8),
-                (&last_row, Type::INT4),
-                (&mapping, Type::TEXT),
-                (&fingerprint, Type::INT8),
-            ],
-        )
-        .await?;
+    // The claims and every COPY's statement in one round trip: tokio-postgres pipelines
+    // requests polled together. Prepared and dropped (closed) inside the transaction, so
+    // nothing outlives it on the server connection, which PgBouncer in transaction mode may
+    // hand to someone else.
+    let (claimed, statements) = futures_util::future::try_join(
+        claims.insert(&tx),
+        futures_util::future::try_join_all(batches.iter().map(|b| tx.prepare(b.copy_sql))),
+    )
+    .await?;
     if claimed == 0 {
+        drop(statements);
         tx.rollback().await?;
         return Ok(CopyOutcome::AlreadyCommitted);
     }
-    // Prepared and dropped (closed) inside the transaction: nothing outlives it on the
-    // server connection, which PgBouncer in transaction mode may hand to someone else.
-    let statement = tx.prepare(copy_sql).await?;
-    let sink = tx.copy_in::<_, Bytes>(&statement).await?;
-    futures_util::pin_mut!(sink);
-    sink.send(data.clone()).await?;
-    sink.finish().await?;
-    drop(statement);
+    if claimed != batches.len() as u64 {
+        // Each attempt of a transaction claims the same ids, and no other transaction has
+        // them: a part can only be there if something else wrote the ledger.
+        drop(statements);
+        tx.rollback().await?;
+        return Err(TimescaleSinkError::Setup(format!(
+            "otelgate_ledger already holds {} of the {} batch ids this transaction claims; \
+             was the ledger written by hand?",
+            batches.len() as u64 - claimed,
+            batches.len()
+        )));
+    }
+    for (batch, statement) in batches.iter().zip(&statements) {
+        let sink = tx.copy_in::<_, Bytes>(statement).await?;
+        futures_util::pin_mut!(sink);
+        sink.send(batch.data.clone()).await?;
+        sink.finish().await?;
+    }
+    drop(statements);
     tx.commit().await?;
     Ok(CopyOutcome::Committed)
+}
+
+/// The ledger rows of one transaction, as the arrays of one `INSERT … SELECT FROM unnest`.
+#[derive(Default)]
+struct LedgerColumns<'a> {
+    batch_id: Vec<uuid::Uuid>,
+    table: Vec<&'a str>,
+    rows: Vec<i64>,
+    log_id: Vec<Option<uuid::Uuid>>,
+    first_seq: Vec<Option<i64>>,
+    first_row: Vec<Option<i32>>,
+    last_seq: Vec<Option<i64>>,
+    last_row: Vec<Option<i32>>,
+    mapping: Vec<Option<&'a str>>,
+    fingerprint: Vec<Option<i64>>,
+}
+
+impl<'a> LedgerColumns<'a> {
+    fn push(&mut self, batch: &TableBatch<'a>) {
+        let claim = &batch.claim;
+        self.batch_id.push(claim.batch_id);
+        self.table.push(claim.table);
+        self.rows.push(batch.rows as i64);
+        let range = claim.range;
+        self.log_id.push(range.map(|r| r.log_id));
+        self.first_seq.push(range.map(|r| r.first.0 as i64));
+        self.first_row.push(range.map(|r| r.first.1 as i32));
+        self.last_seq.push(range.map(|r| r.last.0 as i64));
+        self.last_row.push(range.map(|r| r.last.1 as i32));
+        self.mapping.push(claim.key.map(|k| k.mapping.as_str()));
+        self.fingerprint
+            .push(claim.key.map(|k| i64::from(k.fingerprint)));
+    }
+
+    /// Inserts the rows whose ids are not there yet; returns how many were inserted.
+    async fn insert(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+    ) -> Result<u64, tokio_postgres::Error> {
+        tx.execute_typed(
+            "INSERT INTO otelgate_ledger (batch_id, table_name, row_count, log_id, first_seq, first_row, last_seq, last_row, mapping, mapping_fingerprint) \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::uuid[], $5::int8[], $6::int4[], $7::int8[], $8::int4[], $9::text[], $10::int8[]) \
+             ON CONFLICT (batch_id) DO NOTHING",
+            &[
+                (&self.batch_id, Type::UUID_ARRAY),
+                (&self.table, Type::TEXT_ARRAY),
+                (&self.rows, Type::INT8_ARRAY),
+                (&self.log_id, Type::UUID_ARRAY),
+                (&self.first_seq, Type::INT8_ARRAY),
+                (&self.first_row, Type::INT4_ARRAY),
+                (&self.last_seq, Type::INT8_ARRAY),
+                (&self.last_row, Type::INT4_ARRAY),
+                (&self.mapping, Type::TEXT_ARRAY),
+                (&self.fingerprint, Type::INT8_ARRAY),
+            ],
+        )
+        .await
+    }
 }
 
 impl SinkWriter {
@@ -255,18 +346,7 @@ impl SinkWriter {
             let count = rows.len() as u64;
             let range = self.range(&keys);
             match self.write_batch(target, target, &rows, range).await {
-                Ok(()) if target.rejections => {
-                    self.tally.rejected.fetch_add(count, Ordering::Relaxed);
-                }
-                Ok(()) => {
-                    self.tally.written.fetch_add(count, Ordering::Relaxed);
-                    metrics::counter!(telemetry::SINK_ROWS, "table" => target.table.clone())
-                        .increment(count);
-                    if let Some(oldest) = oldest {
-                        metrics::histogram!(telemetry::SINK_RECEIVE_TO_COMMIT_SECONDS, "table" => target.table.clone())
-                            .record(oldest.elapsed().as_secs_f64());
-                    }
-                }
+                Ok(()) => self.count_written(target, count, oldest),
                 Err((Failure::BadData, _)) if rows.len() > 1 => {
                     let (left, right) = rows.split_at(rows.len() / 2);
                     let right_keys = keys.split_off(keys.len().min(left.len()));
@@ -304,13 +384,142 @@ impl SinkWriter {
                         }
                     }
                 }
-                Err((failure, message)) => {
-                    let why = given_up_reason(failure);
-                    self.tally.failed.fetch_add(count, Ordering::Relaxed);
-                    metrics::counter!(telemetry::SINK_FAILED_ROWS, "table" => target.table.clone(), "reason" => why).increment(count);
-                    tracing::error!(table = %target.table, rows = count, reason = why, error = %message, "Batch given up.");
+                Err((failure, message)) => self.count_given_up(target, count, failure, &message),
+            }
+        }
+    }
+
+    /// Writes the batches of several tables (`group`) in one transaction, so a flush costs one
+    /// commit however many tables it fills. The transaction is retried with the same ledger
+    /// ids while it fails transiently. On any other failure nothing was committed, and each
+    /// table's batch is written on its own with [`Self::write`], which isolates rows the
+    /// database refuses and lets the other tables' rows through.
+    pub(super) async fn write_group(&self, mut group: Vec<GroupMember>) {
+        if group.len() <= 1 {
+            let Some(member) = group.pop() else { return };
+            return self
+                .write(&member.target, member.rows, member.keys, member.oldest)
+                .await;
+        }
+        let ranges: Vec<Option<LedgerRange>> = group.iter().map(|m| self.range(&m.keys)).collect();
+        let batches: Vec<TableBatch<'_>> = group
+            .iter()
+            .zip(&ranges)
+            .map(|(member, range)| TableBatch {
+                copy_sql: &member.target.copy_sql,
+                data: member.rows.data(),
+                rows: member.rows.len(),
+                claim: LedgerClaim {
+                    batch_id: uuid::Uuid::new_v4(),
+                    table: &member.target.table,
+                    key: range.is_some().then_some(&member.target.ledger),
+                    range: *range,
+                },
+            })
+            .collect();
+        let outcome = self
+            .retry_transient(&group[0].target.table, || async {
+                let started = std::time::Instant::now();
+                let written = copy_batches(&self.pool, &batches).await?;
+                Ok((written, started.elapsed()))
+            })
+            .await;
+        match outcome {
+            Ok((written, took)) => {
+                for member in &group {
+                    let target = &member.target;
+                    self.count_attempt(target, member.rows.len(), written, took);
+                    self.count_written(target, member.rows.len() as u64, member.oldest);
                 }
             }
+            Err((Failure::Transient, message)) => {
+                for member in &group {
+                    let count = member.rows.len() as u64;
+                    self.count_given_up(&member.target, count, Failure::Transient, &message);
+                }
+            }
+            Err((_, message)) => {
+                drop(batches);
+                tracing::debug!(error = %message, "A transaction of several tables failed; writing each table's rows on its own.");
+                for member in group {
+                    self.write(&member.target, member.rows, member.keys, member.oldest)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Counts `count` rows committed to `target`; `oldest` is when the oldest of their
+    /// requests arrived.
+    fn count_written(&self, target: &Target, count: u64, oldest: Option<std::time::Instant>) {
+        if target.rejections {
+            self.tally.rejected.fetch_add(count, Ordering::Relaxed);
+            return;
+        }
+        self.tally.written.fetch_add(count, Ordering::Relaxed);
+        metrics::counter!(telemetry::SINK_ROWS, "table" => target.table.clone()).increment(count);
+        if let Some(oldest) = oldest {
+            metrics::histogram!(telemetry::SINK_RECEIVE_TO_COMMIT_SECONDS, "table" => target.table.clone())
+                .record(oldest.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Counts `count` rows of `target` given up after `failure`.
+    fn count_given_up(&self, target: &Target, count: u64, failure: Failure, message: &str) {
+        let why = given_up_reason(failure);
+        self.tally.failed.fetch_add(count, Ordering::Relaxed);
+        metrics::counter!(telemetry::SINK_FAILED_ROWS, "table" => target.table.clone(), "reason" => why).increment(count);
+        tracing::error!(table = %target.table, rows = count, reason = why, error = %message, "Batch given up.");
+    }
+
+    /// Counts a successful attempt of a batch of `rows` rows for `target` that took `took`.
+    fn count_attempt(&self, target: &Target, rows: usize, written: CopyOutcome, took: Duration) {
+        match written {
+            CopyOutcome::Committed => {
+                metrics::histogram!(telemetry::SINK_COPY_SECONDS, "table" => target.table.clone())
+                    .record(took.as_secs_f64());
+            }
+            CopyOutcome::AlreadyCommitted => {
+                metrics::counter!(telemetry::SINK_LEDGER_SKIPS, "table" => target.table.clone())
+                    .increment(1);
+                tracing::info!(table = %target.table, "Batch was already committed; not written again.");
+            }
+        }
+        metrics::histogram!(telemetry::SINK_BATCH_ROWS, "table" => target.table.clone())
+            .record(rows as f64);
+    }
+
+    /// Runs `attempt` until it succeeds, fails other than transiently, or the retry limit
+    /// passes; retries are counted under `table`.
+    async fn retry_transient<T, F, Fut>(
+        &self,
+        table: &str,
+        mut attempt: F,
+    ) -> Result<T, (Failure, String)>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, TimescaleSinkError>>,
+    {
+        let mut retries = Retries::new(&self.retry, self.retry_limit);
+        let mut tries = 0u32;
+        loop {
+            let error = match attempt().await {
+                Ok(done) => return Ok(done),
+                Err(error) => error,
+            };
+            let failure = error.failure();
+            if failure != Failure::Transient {
+                return Err((failure, error.to_string()));
+            }
+            let Some(delay) = retries.next_delay(None) else {
+                return Err((failure, error.to_string()));
+            };
+            metrics::counter!(telemetry::SINK_RETRIES, "table" => table.to_owned()).increment(1);
+            if tries == 0 {
+                tracing::warn!(table, %error, "Batch write failed; will retry.");
+            }
+            tries += 1;
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -333,64 +542,23 @@ impl SinkWriter {
         rows: &CopyBatch,
         range: Option<LedgerRange>,
     ) -> Result<(), (Failure, String)> {
-        let data = rows.data();
-        let batch_id = uuid::Uuid::new_v4();
-        let mut retries = Retries::new(&self.retry, self.retry_limit);
-        let mut attempt = 0u32;
-        loop {
-            let error = match self
-                .try_write(target, ledger, data, batch_id, rows.len(), range)
-                .await
-            {
-                Ok(written) => {
-                    if matches!(written, CopyOutcome::AlreadyCommitted) {
-                        metrics::counter!(telemetry::SINK_LEDGER_SKIPS, "table" => target.table.clone()).increment(1);
-                        tracing::info!(table = %target.table, %batch_id, "Batch was already committed; not written again.");
-                    }
-                    metrics::histogram!(telemetry::SINK_BATCH_ROWS, "table" => target.table.clone()).record(rows.len() as f64);
-                    return Ok(());
-                }
-                Err(error) => error,
-            };
-            let failure = error.failure();
-            if failure != Failure::Transient {
-                return Err((failure, error.to_string()));
-            }
-            let Some(delay) = retries.next_delay(None) else {
-                return Err((failure, error.to_string()));
-            };
-            metrics::counter!(telemetry::SINK_RETRIES, "table" => target.table.clone())
-                .increment(1);
-            if attempt == 0 {
-                tracing::warn!(table = %target.table, %error, "Batch write failed; will retry.");
-            }
-            attempt += 1;
-            tokio::time::sleep(delay).await;
-        }
-    }
-
-    async fn try_write(
-        &self,
-        target: &Target,
-        ledger: &Target,
-        data: &Bytes,
-        batch_id: uuid::Uuid,
-        rows: usize,
-        range: Option<LedgerRange>,
-    ) -> Result<CopyOutcome, TimescaleSinkError> {
-        let started = std::time::Instant::now();
         let claim = LedgerClaim {
-            batch_id,
+            batch_id: uuid::Uuid::new_v4(),
             table: &ledger.table,
             key: range.is_some().then_some(&ledger.ledger),
             range,
         };
-        let written = copy_batch(&self.pool, &target.copy_sql, data, rows, claim).await?;
-        if matches!(written, CopyOutcome::Committed) {
-            metrics::histogram!(telemetry::SINK_COPY_SECONDS, "table" => target.table.clone())
-                .record(started.elapsed().as_secs_f64());
-        }
-        Ok(written)
+        let (written, took) = self
+            .retry_transient(&target.table, || async {
+                let started = std::time::Instant::now();
+                let written =
+                    copy_batch(&self.pool, &target.copy_sql, rows.data(), rows.len(), claim)
+                        .await?;
+                Ok((written, started.elapsed()))
+            })
+            .await?;
+        self.count_attempt(target, rows.len(), written, took);
+        Ok(())
     }
 
     /// Deletes ledger rows no retry or replay can need, and rejected rows older than `days`.

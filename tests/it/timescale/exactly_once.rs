@@ -40,10 +40,22 @@ async fn killed_connections_lose_and_duplicate_nothing() {
         })
     };
     let mut generator = otelgate_cli::demo::generator::TelemetryGenerator::new(7);
-    let mut frames = 0i64;
+    let (mut frames, mut detections, mut chats) = (0i64, 0i64, 0i64);
     for _ in 0..150 {
         let (request, _) = generator.traces(20);
-        frames += 20;
+        let spans = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans);
+        for span in spans {
+            match span.name.as_str() {
+                "frame.process" => frames += 1,
+                name if name.starts_with("chat ") => chats += 1,
+                _ => {}
+            }
+            detections += span.events.iter().filter(|e| e.name == "detection").count() as i64;
+        }
         grpc_export(
             gateway.grpc_addr(),
             Signal::Traces,
@@ -74,6 +86,30 @@ async fn killed_connections_lose_and_duplicate_nothing() {
     assert_eq!(
         count(&db, "SELECT count(DISTINCT span_id) FROM frame_metadata").await,
         frames
+    );
+    // Each flush writes all three tables in one transaction: none may be missing or doubled.
+    assert!(detections > 0 && chats > 0);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM detection_events").await,
+        detections,
+        "detections lost or duplicated"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(DISTINCT (span_id, bbox_x, bbox_y, object_class)) FROM detection_events"
+        )
+        .await,
+        detections
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM llm_requests").await,
+        chats,
+        "LLM requests lost or duplicated"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(DISTINCT span_id) FROM llm_requests").await,
+        chats
     );
     let sink = report.sink.unwrap();
     assert_eq!(sink.rows_failed, 0);
@@ -139,5 +175,103 @@ async fn the_ledger_skips_a_replayed_batch() {
     let db = connect(&pg.url()).await;
     assert_eq!(count(&db, "SELECT count(*) FROM frame_metadata").await, 9);
     assert_eq!(count(&db, "SELECT count(*) FROM otelgate_ledger").await, 3);
+    gateway.shutdown().await;
+}
+
+/// Batches of several tables in one transaction are claimed together: a retry of the whole
+/// finds it committed, a racing attempt writes nothing, and a transaction whose ids are partly
+/// in the ledger writes nothing and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_of_several_tables_is_claimed_whole() {
+    use otelgate::sink::timescale::sink::pool;
+    use otelgate::sink::timescale::{
+        copy_batch, copy_batches, CopyOutcome, LedgerClaim, TableBatch,
+    };
+    use otelgate::sink::timescale::{Cell, Rows};
+    let pg = TempPostgres::start(false).unwrap();
+    let config = sink_config(&pg.url());
+    let gateway = gateway_with_sink(config.clone()).await;
+    let pool = pool(&config).unwrap();
+    let now = otelgate_cli::demo::generator::now_nanos() as i64;
+    let mut frames = Rows::default();
+    for i in 0..3 {
+        frames.push(&[Cell::Timestamp(now + i), Cell::Text(format!("cam-{i}"))]);
+    }
+    let frames = frames.into_batch().data().clone();
+    let mut rejected = Rows::default();
+    for i in 0..2 {
+        rejected.push(&[
+            Cell::Timestamp(now + i),
+            Cell::Text("frame_metadata".into()),
+            Cell::Text("test".into()),
+        ]);
+    }
+    let rejected = rejected.into_batch().data().clone();
+    let frames_sql = "COPY frame_metadata (time, camera_id) FROM STDIN (FORMAT binary)";
+    let rejected_sql =
+        "COPY otelgate_rejected_rows (time, table_name, reason) FROM STDIN (FORMAT binary)";
+    let claim = |batch_id, table| LedgerClaim {
+        batch_id,
+        table,
+        key: None,
+        range: None,
+    };
+    let group = |a, b| {
+        [
+            TableBatch {
+                copy_sql: frames_sql,
+                data: &frames,
+                rows: 3,
+                claim: claim(a, "frame_metadata"),
+            },
+            TableBatch {
+                copy_sql: rejected_sql,
+                data: &rejected,
+                rows: 2,
+                claim: claim(b, "otelgate_rejected_rows"),
+            },
+        ]
+    };
+    let db = connect(&pg.url()).await;
+    let totals = |db| async move {
+        (
+            count(db, "SELECT count(*) FROM frame_metadata").await,
+            count(db, "SELECT count(*) FROM otelgate_rejected_rows").await,
+            count(db, "SELECT count(*) FROM otelgate_ledger").await,
+        )
+    };
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    assert_eq!(
+        copy_batches(&pool, &group(a, b)).await.unwrap(),
+        CopyOutcome::Committed
+    );
+    assert_eq!(totals(&db).await, (3, 2, 2));
+    assert_eq!(
+        copy_batches(&pool, &group(a, b)).await.unwrap(),
+        CopyOutcome::AlreadyCommitted
+    );
+    assert_eq!(totals(&db).await, (3, 2, 2));
+    // Two attempts of one transaction at the same time: one writes.
+    let (c, d) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let (one, other) = (group(c, d), group(c, d));
+    let (first, second) = tokio::join!(copy_batches(&pool, &one), copy_batches(&pool, &other));
+    let mut outcomes = [first.unwrap(), second.unwrap()];
+    outcomes.sort_by_key(|w| matches!(w, CopyOutcome::AlreadyCommitted));
+    assert_eq!(
+        outcomes,
+        [CopyOutcome::Committed, CopyOutcome::AlreadyCommitted]
+    );
+    assert_eq!(totals(&db).await, (6, 4, 4));
+    // One id already taken by another transaction: nothing of this one is written.
+    let (e, f) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    copy_batch(&pool, frames_sql, &frames, 3, claim(e, "frame_metadata"))
+        .await
+        .unwrap();
+    let error = copy_batches(&pool, &group(e, f)).await.unwrap_err();
+    assert!(
+        error.to_string().contains("1 of the 2 batch ids"),
+        "{error}"
+    );
+    assert_eq!(totals(&db).await, (9, 4, 5));
     gateway.shutdown().await;
 }
