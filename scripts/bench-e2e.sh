@@ -21,11 +21,13 @@
 # One table at the end puts the shapes side by side (also in $OUT/summary.txt).
 # Knobs: BENCH_SECONDS (each run, default 30), BENCH_SHAPES (default "mixed frames"),
 # BENCH_PACED_FACTOR (default 0.9), BENCH_PROTOCOLS (paced runs, default "grpc http"),
+# BENCH_CLOSED_LOOPS (0 skips section 1's closed loops),
 # BENCH_THROTTLE_MS (default 1000), BENCH_LATENCY_ROWS (default 100000), BENCH_SKIP_ROTEL=1,
 # ROTEL (path of rotel-agent; default: installed from PyPI into target/bench-venv),
 # BENCH_SINK_TOML (extra lines for the gateway's [timescale] section; default none: the
 # defaults a user gets), BENCH_OVERLOAD_SECONDS (default 60), BENCH_LOG_DIR (where the
-# durable logs live; default the temporary work directory under $TMPDIR).
+# durable logs live; default the temporary work directory under $TMPDIR), OTELGATE_BIN (the
+# binary to measure; default: target/release/otelgate, built first).
 # Everything listens on 127.0.0.1 and stops by itself. Results: $OUT (default target/bench-e2e).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -39,12 +41,17 @@ LATENCY_ROWS=${BENCH_LATENCY_ROWS:-100000}
 OVERLOAD_SECS=${BENCH_OVERLOAD_SECONDS:-60}
 SECTIONS=${BENCH_SECTIONS:-"1 2 3 4"}
 SINK_TOML=${BENCH_SINK_TOML:-}
+CLOSED_LOOPS=${BENCH_CLOSED_LOOPS:-1}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 OUT=${OUT:-target/bench-e2e}
-BIN=target/release/otelgate
 rm -rf "$OUT"
 mkdir -p "$OUT"
-cargo build --release -q --bin otelgate
+if [[ -n "${OTELGATE_BIN:-}" ]]; then
+    BIN=$OTELGATE_BIN
+else
+    BIN=target/release/otelgate
+    cargo build --release -q --bin otelgate
+fi
 
 work=$(mktemp -d)
 pids=()
@@ -181,6 +188,7 @@ for shape in $SHAPES; do
         log "1. $shape: raw binary COPY ceiling again"
         ceiling "$shape" "copy-$shape-$n"
     done
+    [ "$CLOSED_LOOPS" = 1 ] || continue
     log "1. $shape: closed loop, OTLP/gRPC, no lag bound"
     gateway_rows rows "$shape" grpc 0 "closed-$shape"
     log "1. $shape: closed loop, OTLP/gRPC, throttle_lag_ms = $THROTTLE_MS, clients retry after the advised delay"
