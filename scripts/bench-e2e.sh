@@ -10,7 +10,10 @@
 #     (durable log on) paced at BENCH_PACED_FACTOR x the ceiling just measured over OTLP/gRPC
 #     and over OTLP/HTTP, each followed by the ceiling again; then closed loops: without a lag
 #     bound, and with `timescale.queue.throttle_lag_ms` (BENCH_THROTTLE_MS) with clients that
-#     wait the advised delay and retry, as OTLP exporters do (`otelgate load --retry-throttled`);
+#     wait the advised delay and retry, as OTLP exporters do (`otelgate load --retry-throttled`).
+#     Each ceiling and paced run also records the CPU seconds of PostgreSQL (all its processes),
+#     the client and the gateway, and the table gives each path's CPU per million rows: on two
+#     shared cores the rate a path can reach follows it, and it drifts far less than rows/s;
 #  2. receive-to-commit latency, paced at BENCH_LATENCY_ROWS rows/s (default 100000), per shape,
 #     after 5 s of the same load to warm up (not measured);
 #  3. OTLP forwarding to one counting backend, otelgate (log on) against rotel (PyPI `rotel`),
@@ -88,6 +91,29 @@ PG_URL=$(head -1 "$work/pg.url")
 TSDB=$(grep -o 'TimescaleDB: .*' "$work/pg.log" || true)
 log "PostgreSQL at $PG_URL ($TSDB)"
 echo "$TSDB" >"$OUT/timescaledb.txt"
+PG_PID=$(head -1 "$(sql "SHOW data_directory")/postmaster.pid")
+
+# CPU seconds, to compare what a row costs the whole machine on each path: on two shared
+# cores the rate a path can reach follows its CPU per row, and CPU per row moves far less
+# than rows/s does when the VM's speed drifts.
+pg_cpu_seconds() { # every process of the cluster, exited backends included (the postmaster reaps them)
+    { for child in $(pgrep -P "$PG_PID"); do awk '{ print $14 + $15 }' "/proc/$child/stat" 2>/dev/null; done
+      awk '{ print $14 + $15 + $16 + $17 }' "/proc/$PG_PID/stat"
+    } | awk -v hz="$(getconf CLK_TCK)" '{ s += $1 } END { print s / hz }'
+}
+client_cpu_mark() { # CLIENT_CPU = CPU seconds of this shell's finished children (run in this shell, not in $(...))
+    times >"$work/times"
+    CLIENT_CPU=$(awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); print u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$work/times")
+}
+add_cpu() { # json-file key=seconds... -> adds the keys to the JSON object in the file
+    python3 - "$@" <<'PY'
+import json, sys
+path, pairs = sys.argv[1], sys.argv[2:]
+d = json.load(open(path))
+d.update({k: round(float(v), 3) for k, v in (p.split("=", 1) for p in pairs)})
+json.dump(d, open(path, "w"))
+PY
+}
 
 rows_since() { # timestamp [until] -> "rows seconds": rows with ingested_at in [since, until)
     local until=${2:-infinity}
@@ -124,8 +150,13 @@ fresh_tables() {
 }
 ceiling() { # shape name -> $OUT/<name>.json
     fresh_tables
+    local pg0 pg1 client0
+    pg0=$(pg_cpu_seconds); client_cpu_mark; client0=$CLIENT_CPU
     $BIN testbed copy --database-url "$PG_URL" --seconds "$SECS" --connections 2 \
         --batch "$(batch_of "$1")" --shape "$1" --rows-per-copy 10000 >"$OUT/$2.json"
+    client_cpu_mark; sleep 0.5; pg1=$(pg_cpu_seconds)
+    add_cpu "$OUT/$2.json" "client_cpu_seconds=$(python3 -c "print($CLIENT_CPU - $client0)")" \
+        "postgres_cpu_seconds=$(python3 -c "print($pg1 - $pg0)")"
 }
 
 # One gateway run: config shape protocol rate(frames/s, 0 = closed loop) name [load options].
@@ -147,12 +178,20 @@ gateway_rows() {
             --duration "$WARMUP" --json >/dev/null
         sleep 1
     fi
-    local start cpu0 cpu1
+    local start cpu0 cpu1 loader pg0 pg1 client1 gateway1 stopped
     start=$(sql "SELECT clock_timestamp()")
+    pg0=$(pg_cpu_seconds)
     cpu0=$(cpu_seconds "$gw")
     $BIN load --endpoint "$endpoint" --protocol "$protocol" --shape "$shape" \
         -c "$(connections_of "$shape")" -b "$(batch_of "$shape")" --rate "$rate" \
-        --duration "$SECS" --database-url "$PG_URL" --json "$@" >"$OUT/$name.json"
+        --duration "$SECS" --database-url "$PG_URL" --json "$@" >"$OUT/$name.json" &
+    loader=$!
+    # The CPU of the client, the gateway and PostgreSQL as the client stops sending, before
+    # the client's own queries that find the rows and their latencies.
+    sleep "$SECS"
+    client1=$(cpu_seconds "$loader"); gateway1=$(cpu_seconds "$gw"); pg1=$(pg_cpu_seconds)
+    stopped=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
+    wait "$loader"
     cpu1=$(cpu_seconds "$gw")
     local sent stop during total
     sent=$(json "$OUT/$name.json" "d['seconds']")
@@ -170,6 +209,10 @@ json.dump({"sent_seconds": float(sent), "rows_while_sending": int(during_rows),
            "gateway_cpu_seconds": float(cpu1) - float(cpu0), "gateway_peak_rss_kib": int(hwm)},
           open(path, "w"))
 PY
+    add_cpu "$OUT/$name-rows.json" "client_cpu_seconds_while_sending=$client1" \
+        "gateway_cpu_seconds_while_sending=$(python3 -c "print($gateway1 - $cpu0)")" \
+        "postgres_cpu_seconds_while_sending=$(python3 -c "print($pg1 - $pg0)")" \
+        "rows_committed_while_sending=$(rows_since "$start" "$stopped" | cut -d' ' -f1)"
     kill "$gw"; wait "$gw" 2>/dev/null || true
 }
 

@@ -52,6 +52,29 @@ if SHAPES:
             cells.append(f"{rate:,.0f} rows/s = **{rate / around:.2f}x** the ceilings around it ({around:,.0f}); "
                          f"backlog {rows['backlog_rows']:,} rows; commit p99 {commit_p99(report):.0f} ms")
         row(f"gateway, log on, OTLP/{protocol}, paced at {paced_factor} x the ceiling before: committed while sending", cells)
+    cells = []
+    for shape in SHAPES:
+        parts, costs = [], []
+        n = 0
+        while (c := load(f"copy-{shape}-{n}")) and "postgres_cpu_seconds" in c:
+            total = (c["client_cpu_seconds"] + c["postgres_cpu_seconds"]) / c["rows"] * 1e6
+            costs.append(total)
+            parts.append(f"{total:.1f} (PostgreSQL {c['postgres_cpu_seconds'] / c['rows'] * 1e6:.1f})")
+            n += 1
+        text = "ceiling " + ", ".join(parts) if parts else "-"
+        for index, protocol in enumerate(("grpc", "http")):
+            r = load(f"paced-{shape}-{protocol}-rows")
+            if not r or "postgres_cpu_seconds_while_sending" not in r or len(costs) < index + 2:
+                continue
+            rows = max(r["rows_committed_while_sending"], 1)
+            per = {k: r[f"{k}_cpu_seconds_while_sending"] / rows * 1e6 for k in ("postgres", "gateway", "client")}
+            total = sum(per.values())
+            around = (costs[index] + costs[index + 1]) / 2
+            text += (f"; gateway over {protocol} {total:.1f} (PostgreSQL {per['postgres']:.1f}, gateway "
+                     f"{per['gateway']:.1f}, client {per['client']:.1f}): the ceilings' cost is **{around / total:.2f}x** this")
+        cells.append(text)
+    row("CPU seconds per million rows, the whole machine (PostgreSQL, and the client; paced runs while "
+        "sending, the gateway too)", cells)
     mean = {s: sum(ceilings(s)) / max(len(ceilings(s)), 1) for s in SHAPES}
     for name, label in (("closed", "closed loop, no lag bound"), ("throttled", f"closed loop, throttle_lag_ms = {throttle_ms}, clients retry as advised")):
         cells = []

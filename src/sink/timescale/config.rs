@@ -12,8 +12,11 @@ use super::tls::SslMode;
 use crate::config::ConfigError;
 use crate::pipeline::QueueConfig;
 
+/// Two COPY transactions at once: on a 2-core database, four concurrent writers into the same
+/// chunks' indexes cost PostgreSQL 10-30% more CPU per row than two (docs/BENCHMARKS.md,
+/// "Connections and CPU per row").
 const fn default_pool_size() -> usize {
-    4
+    2
 }
 
 const fn default_max_rows() -> usize {
