@@ -119,25 +119,35 @@ async fn killed_connections_lose_and_duplicate_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_ledger_skips_a_replayed_batch() {
+/// The COPY of the frame rows that [`migrated_with_frames`] makes.
+const FRAMES_COPY: &str = "COPY frame_metadata (time, camera_id) FROM STDIN (FORMAT binary)";
+
+/// A gateway that has migrated `pg`, a pool of its sink's connections for batches written by
+/// hand, and three frame rows as binary COPY data ([`FRAMES_COPY`]). Their times are recent:
+/// with TimescaleDB, the retention policy the gateway installed would drop chunks of old times
+/// while the test runs.
+async fn migrated_with_frames(
+    pg: &TempPostgres,
+) -> (otelgate::Gateway, deadpool_postgres::Pool, bytes::Bytes) {
     use otelgate::sink::timescale::sink::pool;
-    use otelgate::sink::timescale::{copy_batch, CopyOutcome, LedgerClaim};
     use otelgate::sink::timescale::{Cell, Rows};
-    let pg = TempPostgres::start(false).unwrap();
     let config = sink_config(&pg.url());
-    // Migrate through a gateway start, then write batches by hand.
     let gateway = gateway_with_sink(config.clone()).await;
     let pool = pool(&config).unwrap();
-    // Recent times: with TimescaleDB, the retention policy the gateway installed would drop
-    // chunks of old times while the test runs.
     let now = otelgate_cli::demo::generator::now_nanos() as i64;
     let mut rows = Rows::default();
     for i in 0..3 {
         rows.push(&[Cell::Timestamp(now + i), Cell::Text(format!("cam-{i}"))]);
     }
-    let data = rows.into_batch().data().clone();
-    let sql = "COPY frame_metadata (time, camera_id) FROM STDIN (FORMAT binary)";
+    (gateway, pool, rows.into_batch().data().clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_skips_a_replayed_batch() {
+    use otelgate::sink::timescale::{copy_batch, CopyOutcome, LedgerClaim};
+    let pg = TempPostgres::start(false).unwrap();
+    let (gateway, pool, data) = migrated_with_frames(&pg).await;
+    let sql = FRAMES_COPY;
     let claim = |batch_id| LedgerClaim {
         batch_id,
         table: "frame_metadata",
@@ -183,21 +193,13 @@ async fn the_ledger_skips_a_replayed_batch() {
 /// in the ledger writes nothing and says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_of_several_tables_is_claimed_whole() {
-    use otelgate::sink::timescale::sink::pool;
     use otelgate::sink::timescale::{
         copy_batch, copy_batches, CopyOutcome, LedgerClaim, TableBatch,
     };
     use otelgate::sink::timescale::{Cell, Rows};
     let pg = TempPostgres::start(false).unwrap();
-    let config = sink_config(&pg.url());
-    let gateway = gateway_with_sink(config.clone()).await;
-    let pool = pool(&config).unwrap();
+    let (gateway, pool, frames) = migrated_with_frames(&pg).await;
     let now = otelgate_cli::demo::generator::now_nanos() as i64;
-    let mut frames = Rows::default();
-    for i in 0..3 {
-        frames.push(&[Cell::Timestamp(now + i), Cell::Text(format!("cam-{i}"))]);
-    }
-    let frames = frames.into_batch().data().clone();
     let mut rejected = Rows::default();
     for i in 0..2 {
         rejected.push(&[
@@ -207,7 +209,7 @@ async fn a_transaction_of_several_tables_is_claimed_whole() {
         ]);
     }
     let rejected = rejected.into_batch().data().clone();
-    let frames_sql = "COPY frame_metadata (time, camera_id) FROM STDIN (FORMAT binary)";
+    let frames_sql = FRAMES_COPY;
     let rejected_sql =
         "COPY otelgate_rejected_rows (time, table_name, reason) FROM STDIN (FORMAT binary)";
     let claim = |batch_id, table| LedgerClaim {
