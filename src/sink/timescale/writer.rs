@@ -417,8 +417,9 @@ impl SinkWriter {
                 },
             })
             .collect();
+        let tables: Vec<&str> = group.iter().map(|m| m.target.table.as_str()).collect();
         let outcome = self
-            .retry_transient(&group[0].target.table, || async {
+            .retry_transient(&tables, || async {
                 let started = std::time::Instant::now();
                 let written = copy_batches(&self.pool, &batches).await?;
                 Ok((written, started.elapsed()))
@@ -490,10 +491,10 @@ impl SinkWriter {
     }
 
     /// Runs `attempt` until it succeeds, fails other than transiently, or the retry limit
-    /// passes; retries are counted under `table`.
+    /// passes; each retry is counted under every table in `tables` (the tables it writes).
     async fn retry_transient<T, F, Fut>(
         &self,
-        table: &str,
+        tables: &[&str],
         mut attempt: F,
     ) -> Result<T, (Failure, String)>
     where
@@ -514,9 +515,12 @@ impl SinkWriter {
             let Some(delay) = retries.next_delay(None) else {
                 return Err((failure, error.to_string()));
             };
-            metrics::counter!(telemetry::SINK_RETRIES, "table" => table.to_owned()).increment(1);
+            for table in tables {
+                metrics::counter!(telemetry::SINK_RETRIES, "table" => table.to_string())
+                    .increment(1);
+            }
             if tries == 0 {
-                tracing::warn!(table, %error, "Batch write failed; will retry.");
+                tracing::warn!(tables = ?tables, %error, "Batch write failed; will retry.");
             }
             tries += 1;
             tokio::time::sleep(delay).await;
@@ -549,7 +553,7 @@ impl SinkWriter {
             range,
         };
         let (written, took) = self
-            .retry_transient(&target.table, || async {
+            .retry_transient(&[&target.table], || async {
                 let started = std::time::Instant::now();
                 let written =
                     copy_batch(&self.pool, &target.copy_sql, rows.data(), rows.len(), claim)
