@@ -30,6 +30,44 @@ def commit_p99(report):
     return db.get("receive_to_commit_ms", {}).get("p99")
 
 
+def median(values):
+    values = sorted(values)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+def ceiling_costs(shape):
+    """(CPU s per million rows of the whole machine, of PostgreSQL) of each ceiling run."""
+    costs, n = [], 0
+    while (c := load(f"copy-{shape}-{n}")) and "postgres_cpu_seconds" in c:
+        costs.append(((c["client_cpu_seconds"] + c["postgres_cpu_seconds"]) / c["rows"] * 1e6,
+                      c["postgres_cpu_seconds"] / c["rows"] * 1e6))
+        n += 1
+    return costs
+
+
+def paced(shape, protocol):
+    """The paced runs of one shape and protocol, each judged against the ceilings around it."""
+    c, costs, runs, n = ceilings(shape), ceiling_costs(shape), [], 1
+    while (report := load(f"paced-{shape}-{protocol}-{n}")) and (rows := load(f"paced-{shape}-{protocol}-{n}-rows")):
+        n += 1
+        before, after = int(rows["ceiling_before"]), int(rows["ceiling_after"])
+        if after >= len(c):
+            continue
+        rate = rows["rows_per_second_while_sending"]
+        run = {"rate": rate, "ratio": rate / ((c[before] + c[after]) / 2),
+               "kept_up": rows["backlog_seconds"] < 1.0, "backlog_seconds": rows["backlog_seconds"],
+               "p99": commit_p99(report) or 0.0}
+        if "postgres_cpu_seconds_while_sending" in rows and after < len(costs):
+            committed = max(rows["rows_committed_while_sending"], 1)
+            cost = {k: rows[f"{k}_cpu_seconds_while_sending"] / committed * 1e6 for k in ("postgres", "gateway", "client")}
+            cost["total"] = sum(cost.values())
+            cost["ratio"] = (costs[before][0] + costs[after][0]) / 2 / cost["total"]
+            run["cost"] = cost
+        runs.append(run)
+    return runs
+
+
 tsdb = open(f"{out}/timescaledb.txt").read().strip() if os.path.exists(f"{out}/timescaledb.txt") else ""
 if SHAPES:
     print(f"\nRows into PostgreSQL ({tsdb}); shapes: mixed = 2.6 rows per frame, 100 frames per request, "
@@ -41,37 +79,30 @@ if SHAPES:
     for protocol in ("grpc", "http"):
         cells = []
         for shape in SHAPES:
-            c = ceilings(shape)
-            index = ["grpc", "http"].index(protocol)
-            report, rows = load(f"paced-{shape}-{protocol}"), load(f"paced-{shape}-{protocol}-rows")
-            if not report or len(c) < index + 2:
+            runs = paced(shape, protocol)
+            if not runs:
                 cells.append("-")
                 continue
-            around = (c[index] + c[index + 1]) / 2
-            rate = rows["rows_per_second_while_sending"]
-            cells.append(f"{rate:,.0f} rows/s = **{rate / around:.2f}x** the ceilings around it ({around:,.0f}); "
-                         f"backlog {rows['backlog_rows']:,} rows; commit p99 {commit_p99(report):.0f} ms")
+            ratios = [r["ratio"] for r in runs]
+            kept = sum(r["kept_up"] for r in runs)
+            cells.append(f"median **{median(ratios):.2f}x** the ceilings around each run (rounds: "
+                         + ", ".join(f"{r['rate']:,.0f} = {r['ratio']:.2f}x" for r in runs)
+                         + f"); kept up in **{kept} of {len(runs)}** (backlog at the end: "
+                         + ", ".join(f"{r['backlog_seconds']:.1f} s" for r in runs)
+                         + "); commit p99 " + ", ".join(f"{r['p99']:,.0f}" for r in runs) + " ms")
         row(f"gateway, log on, OTLP/{protocol}, paced at {paced_factor} x the ceiling before: committed while sending", cells)
     cells = []
     for shape in SHAPES:
-        parts, costs = [], []
-        n = 0
-        while (c := load(f"copy-{shape}-{n}")) and "postgres_cpu_seconds" in c:
-            total = (c["client_cpu_seconds"] + c["postgres_cpu_seconds"]) / c["rows"] * 1e6
-            costs.append(total)
-            parts.append(f"{total:.1f} (PostgreSQL {c['postgres_cpu_seconds'] / c['rows'] * 1e6:.1f})")
-            n += 1
-        text = "ceiling " + ", ".join(parts) if parts else "-"
-        for index, protocol in enumerate(("grpc", "http")):
-            r = load(f"paced-{shape}-{protocol}-rows")
-            if not r or "postgres_cpu_seconds_while_sending" not in r or len(costs) < index + 2:
+        costs = ceiling_costs(shape)
+        text = "ceiling " + ", ".join(f"{total:.1f} (PostgreSQL {pg:.1f})" for total, pg in costs) if costs else "-"
+        for protocol in ("grpc", "http"):
+            runs = [r for r in paced(shape, protocol) if r.get("cost")]
+            if not runs:
                 continue
-            rows = max(r["rows_committed_while_sending"], 1)
-            per = {k: r[f"{k}_cpu_seconds_while_sending"] / rows * 1e6 for k in ("postgres", "gateway", "client")}
-            total = sum(per.values())
-            around = (costs[index] + costs[index + 1]) / 2
-            text += (f"; gateway over {protocol} {total:.1f} (PostgreSQL {per['postgres']:.1f}, gateway "
-                     f"{per['gateway']:.1f}, client {per['client']:.1f}): the ceilings' cost is **{around / total:.2f}x** this")
+            text += (f"; gateway over {protocol}: " + ", ".join(
+                f"{r['cost']['total']:.1f} (PostgreSQL {r['cost']['postgres']:.1f}, gateway {r['cost']['gateway']:.1f}, "
+                f"client {r['cost']['client']:.1f})" for r in runs)
+                + f"; the ceilings' cost is a median **{median([r['cost']['ratio'] for r in runs]):.2f}x** this")
         cells.append(text)
     row("CPU seconds per million rows, the whole machine (PostgreSQL, and the client; paced runs while "
         "sending, the gateway too)", cells)
