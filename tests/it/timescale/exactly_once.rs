@@ -1,5 +1,6 @@
-//! Every row exactly once when the sink's connections are killed mid-batch and when a batch
-//! whose commit landed is replayed (the ledger skips it).
+//! Every row exactly once when the sink's connections are killed mid-batch, when a batch
+//! whose commit landed is replayed (the ledger skips it), and when a transaction of several
+//! tables fails transiently and is retried whole.
 
 use std::time::Duration;
 
@@ -258,5 +259,80 @@ async fn a_transaction_of_several_tables_is_claimed_whole() {
         "{error}"
     );
     assert_eq!(totals(&db).await, (9, 4, 5));
+    gateway.shutdown().await;
+}
+
+/// A transaction of several tables that fails transiently is retried whole, once, and the
+/// retry is counted under each of its tables. The failure is injected where it cannot miss:
+/// a trigger on the ledger raises a serialization failure (SQLSTATE 40001) the first time the
+/// sink claims batch ids, and never again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_transaction_counts_its_retry_under_each_table() {
+    let pg = TempPostgres::start(false).unwrap();
+    let gateway = gateway_with_sink(sink_config(&pg.url())).await;
+    let db = connect(&pg.url()).await;
+    db.batch_execute(
+        "CREATE SEQUENCE injected_failures;
+         CREATE FUNCTION fail_first_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF nextval('injected_failures') = 1 THEN
+                 RAISE EXCEPTION 'injected serialization failure' USING ERRCODE = '40001';
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER fail_first_claim BEFORE INSERT ON otelgate_ledger
+             FOR EACH STATEMENT EXECUTE FUNCTION fail_first_claim();",
+    )
+    .await
+    .unwrap();
+    // One request with rows for all three tables: its rows leave in one flush.
+    let mut generator = otelgate_cli::demo::generator::TelemetryGenerator::new(11);
+    let (request, _) = generator.traces(40);
+    let spans: Vec<_> = request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .collect();
+    let frames = spans.iter().filter(|s| s.name == "frame.process").count() as i64;
+    let chats = spans.iter().filter(|s| s.name.starts_with("chat ")).count() as i64;
+    let detections = spans
+        .iter()
+        .flat_map(|s| &s.events)
+        .filter(|e| e.name == "detection")
+        .count() as i64;
+    assert!(frames > 0 && chats > 0 && detections > 0);
+    grpc_export(
+        gateway.grpc_addr(),
+        Signal::Traces,
+        request.encode_to_vec().into(),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        wait_count(&db, "SELECT count(*) FROM llm_requests", chats).await,
+        chats
+    );
+    for (table, expected) in [
+        ("frame_metadata", frames),
+        ("detection_events", detections),
+        ("llm_requests", chats),
+    ] {
+        let rows = count(&db, &format!("SELECT count(*) FROM {table}")).await;
+        assert_eq!(rows, expected, "{table}: rows lost or duplicated");
+        let retries = crate::metric(
+            gateway.admin_addr(),
+            "otelgate_sink_retries_total",
+            &[("table", table)],
+        )
+        .await;
+        assert_eq!(retries, 1.0, "{table}: retries counted");
+    }
+    // The failure happened: the first claim drew 1, the retry 2.
+    assert_eq!(
+        count(&db, "SELECT last_value FROM injected_failures").await,
+        2
+    );
     gateway.shutdown().await;
 }
