@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use otelgate::sink::timescale::{migrate, Extractor, Rows, TimescaleSinkConfig};
 use otelgate::Signal;
-use prost::Message;
 use serde::Serialize;
 
 use crate::demo::backend::RecordingBackend;
-use crate::demo::generator::{TelemetryGenerator, TraceShape};
+use crate::demo::generator::{now_nanos, TelemetryGenerator, TraceShape};
 use crate::demo::postgres::TempPostgres;
+use crate::load::template::TraceTemplates;
 
 /// What to start.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -117,7 +117,7 @@ struct CopyLoad {
     rows_per_copy: usize,
 }
 
-/// Each connection generates frame requests, extracts their rows with the built-in mappings
+/// Each connection generates frame requests (as `otelgate load` does), extracts their rows with the built-in mappings
 /// (as the sink does) and COPYs them, `rows_per_copy` at a time per table, without a ledger.
 async fn copy_ceiling(url: &str, seconds: u64, load: CopyLoad) -> anyhow::Result<CopyReport> {
     let CopyLoad {
@@ -152,12 +152,19 @@ async fn copy_ceiling(url: &str, seconds: u64, load: CopyLoad) -> anyhow::Result
                     )
                 })
                 .collect();
-            let mut generator = TelemetryGenerator::new(1000 + connection as u64).with_shape(shape);
+            // The requests `otelgate load` sends (the same templates, `load.run` attribute
+            // included), so the rows are the gateway's and the client's CPU, taken from
+            // PostgreSQL on a shared machine, is as small as the load generator's: building
+            // each request with `prost` cost this client as much as extracting its rows.
+            let run = uuid::Uuid::new_v4().simple().to_string();
+            let generator = TelemetryGenerator::new(1000 + connection as u64)
+                .with_run(&run)
+                .with_shape(shape);
+            let mut templates = TraceTemplates::new(generator, batch, rand::random::<u64>());
             let mut rows = 0u64;
             let mut pending = extractor.batch();
             while Instant::now() < deadline {
-                let (request, _) = generator.traces(batch);
-                let body: Bytes = request.encode_to_vec().into();
+                let (body, _) = templates.next(now_nanos());
                 extractor.extract(Signal::Traces, &body, &mut pending)?;
                 for (index, table_rows) in pending.rows.iter_mut().enumerate() {
                     if table_rows.len() >= rows_per_copy {

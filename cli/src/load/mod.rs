@@ -15,7 +15,7 @@ use otelgate::Signal;
 use prost::Message;
 use serde::Serialize;
 
-mod template;
+pub(crate) mod template;
 
 use crate::demo::generator::{now_nanos, TelemetryGenerator, TraceShape};
 use template::TraceTemplates;
