@@ -11,6 +11,37 @@ use prost::Message;
 use super::{connect, count, gateway_with_sink, sink_config, wait_count};
 use crate::grpc_export;
 
+/// Rows the built-in mappings make of a generated request, per table.
+struct RowCounts {
+    frames: i64,
+    detections: i64,
+    chats: i64,
+}
+
+fn rows_of(
+    request: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+) -> RowCounts {
+    let mut rows = RowCounts {
+        frames: 0,
+        detections: 0,
+        chats: 0,
+    };
+    let spans = request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans);
+    for span in spans {
+        match span.name.as_str() {
+            "frame.process" => rows.frames += 1,
+            name if name.starts_with("chat ") => rows.chats += 1,
+            _ => {}
+        }
+        rows.detections += span.events.iter().filter(|e| e.name == "detection").count() as i64;
+    }
+    rows
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connections_lose_and_duplicate_nothing() {
     let pg = TempPostgres::start(false).unwrap();
@@ -44,19 +75,10 @@ async fn killed_connections_lose_and_duplicate_nothing() {
     let (mut frames, mut detections, mut chats) = (0i64, 0i64, 0i64);
     for _ in 0..150 {
         let (request, _) = generator.traces(20);
-        let spans = request
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .flat_map(|s| &s.spans);
-        for span in spans {
-            match span.name.as_str() {
-                "frame.process" => frames += 1,
-                name if name.starts_with("chat ") => chats += 1,
-                _ => {}
-            }
-            detections += span.events.iter().filter(|e| e.name == "detection").count() as i64;
-        }
+        let rows = rows_of(&request);
+        frames += rows.frames;
+        detections += rows.detections;
+        chats += rows.chats;
         grpc_export(
             gateway.grpc_addr(),
             Signal::Traces,
@@ -288,19 +310,11 @@ async fn a_retried_transaction_counts_its_retry_under_each_table() {
     // One request with rows for all three tables: its rows leave in one flush.
     let mut generator = otelgate_cli::demo::generator::TelemetryGenerator::new(11);
     let (request, _) = generator.traces(40);
-    let spans: Vec<_> = request
-        .resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .flat_map(|s| &s.spans)
-        .collect();
-    let frames = spans.iter().filter(|s| s.name == "frame.process").count() as i64;
-    let chats = spans.iter().filter(|s| s.name.starts_with("chat ")).count() as i64;
-    let detections = spans
-        .iter()
-        .flat_map(|s| &s.events)
-        .filter(|e| e.name == "detection")
-        .count() as i64;
+    let RowCounts {
+        frames,
+        detections,
+        chats,
+    } = rows_of(&request);
     assert!(frames > 0 && chats > 0 && detections > 0);
     grpc_export(
         gateway.grpc_addr(),
