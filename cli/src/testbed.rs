@@ -117,8 +117,9 @@ struct CopyLoad {
     rows_per_copy: usize,
 }
 
-/// Each connection generates frame requests (as `otelgate load` does), extracts their rows with the built-in mappings
-/// (as the sink does) and COPYs them, `rows_per_copy` at a time per table, without a ledger.
+/// Each connection generates frame requests (as `otelgate load` does), extracts their rows
+/// with the built-in mappings (as the sink does) and COPYs them, `rows_per_copy` at a time per
+/// table, without a ledger.
 async fn copy_ceiling(url: &str, seconds: u64, load: CopyLoad) -> anyhow::Result<CopyReport> {
     let CopyLoad {
         connections,
