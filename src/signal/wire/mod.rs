@@ -25,7 +25,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use super::proto::{
-    usual_key_value, utf8, ProtoError, ProtoReader, ScalarValue, WireType, DEPTH_LIMIT, FIXED32,
+    is_utf8, usual_key_value, ProtoError, ProtoReader, ScalarValue, WireType, DEPTH_LIMIT, FIXED32,
     FIXED64, LEN, VARINT,
 };
 use super::schema::{field, Kind, Msg, SPAN_ID, TRACE_ID};
@@ -162,11 +162,16 @@ fn is_usual_utf8_key_value(bytes: &[u8]) -> bool {
     let Some((key, value)) = usual_key_value(bytes) else {
         return false;
     };
+    // Field keys and one-byte lengths are ASCII, so a `KeyValue` whose bytes are all ASCII
+    // has ASCII strings: one scan of the whole attribute instead of one per string.
+    if bytes.is_ascii() {
+        return true;
+    }
     let text = match value {
         ScalarValue::Str(text) => text,
         _ => &[],
     };
-    utf8(key).is_ok() && utf8(text).is_ok()
+    is_utf8(key) && is_utf8(text)
 }
 
 /// Reads the value of a field of the scalar `kind` whose key has `wire_type`, and checks it.
@@ -209,7 +214,9 @@ fn check_scalar(
         }
         Kind::Str => {
             expect(LEN)?;
-            utf8(reader.delimited()?)?;
+            if !is_utf8(reader.delimited()?) {
+                return Err(ProtoError::InvalidUtf8.into());
+            }
         }
         Kind::RepeatedVarint if wire_type == LEN => {
             let mut packed = ProtoReader::new(reader.delimited()?);

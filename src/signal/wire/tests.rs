@@ -242,6 +242,29 @@ fn agrees_with_prost_on_wire_format_edges() {
         error.contains("spans[0].attributes[0].value.string_value: invalid string value"),
         "{error}"
     );
+    // Text that is not ASCII takes the full UTF-8 decoder, in keys and values, with any
+    // kind of value (an int's varint and a double's bytes are not ASCII either).
+    let int = [0x18, 0x96, 0x01];
+    let double = [0x21, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f];
+    for (k, value, valid) in [
+        ("größe".as_bytes(), len_field(1, "東京".as_bytes()), true),
+        (b"k", len_field(1, "é".as_bytes()), true),
+        ("é".as_bytes(), int.to_vec(), true),
+        ("é".as_bytes(), double.to_vec(), true),
+        (b"k", int.to_vec(), true),
+        (&[0xc3], int.to_vec(), false),
+        (&[0xc3, 0x28], len_field(1, b"v"), false),
+        (b"k", len_field(1, &[b'a', 0xe6, 0x9d]), false),
+        (b"k", len_field(1, &[0xed, 0xa0, 0x80]), false),
+    ] {
+        let body = traces(&attribute(k, &value));
+        agree(Signal::Traces, &body);
+        assert_eq!(
+            Signal::Traces.count_protobuf(&body).is_ok(),
+            valid,
+            "{k:02x?} {value:02x?}"
+        );
+    }
     // The depth limit is reached between these two.
     assert!(Signal::Logs.count_protobuf(&nested_body(40)).is_ok());
     assert!(Signal::Logs.count_protobuf(&nested_body(60)).is_err());

@@ -235,6 +235,7 @@ fn attributes_read_like_prost_in_and_out_of_the_usual_layout() {
         len(1, b"text"),
         len(1, b""),
         len(1, long.as_bytes()),
+        len(1, "größe 東京 🎥".as_bytes()),
         varint(2, 1),
         varint(2, 300),
         varint(3, 42),
@@ -251,6 +252,10 @@ fn attributes_read_like_prost_in_and_out_of_the_usual_layout() {
     for value in &values {
         attributes.push(len(9, &[len(1, b"k"), len(2, value)].concat()));
         attributes.push(len(9, &[len(1, long.as_bytes()), len(2, value)].concat()));
+        attributes.push(len(
+            9,
+            &[len(1, "schlüssel".as_bytes()), len(2, value)].concat(),
+        ));
         attributes.push(len(9, &[len(2, value), len(1, b"k")].concat()));
         attributes.push(len(
             9,
