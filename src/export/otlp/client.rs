@@ -8,10 +8,11 @@ use http::uri::PathAndQuery;
 use prost::Message;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Certificate, Channel, Endpoint, Identity};
+use tonic::transport::{Certificate, Endpoint, Identity};
 
 use super::config::{ClientTlsConfig, Compression, OtlpExporterConfig, Protocol};
 use super::error::OtlpExportError;
+use super::gzip::FastGzip;
 use crate::codec::BytesCodec;
 use crate::signal::{ExportResponse, PartialSuccess};
 use crate::Signal;
@@ -20,7 +21,7 @@ use crate::Signal;
 #[derive(Debug, Clone)]
 pub enum OtlpClient {
     Grpc {
-        grpc: tonic::client::Grpc<Channel>,
+        grpc: tonic::client::Grpc<FastGzip>,
         metadata: MetadataMap,
     },
     Http {
@@ -93,14 +94,16 @@ impl OtlpClient {
             }
             endpoint = endpoint.tls_config(tls_config).map_err(setup)?;
         }
-        let mut grpc = tonic::client::Grpc::new(endpoint.connect_lazy())
+        let channel = FastGzip::new(
+            endpoint.connect_lazy(),
+            config.compression == Compression::Gzip,
+        );
+        let mut grpc = tonic::client::Grpc::new(channel)
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Zstd)
             .max_decoding_message_size(4 * 1024 * 1024);
-        match config.compression {
-            Compression::None => {}
-            Compression::Gzip => grpc = grpc.send_compressed(CompressionEncoding::Gzip),
-            Compression::Zstd => grpc = grpc.send_compressed(CompressionEncoding::Zstd),
+        if config.compression == Compression::Zstd {
+            grpc = grpc.send_compressed(CompressionEncoding::Zstd);
         }
         let metadata = MetadataMap::from_headers(configured_headers(config)?);
         Ok(OtlpClient::Grpc { grpc, metadata })

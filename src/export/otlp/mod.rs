@@ -7,6 +7,7 @@
 mod client;
 mod config;
 mod error;
+mod gzip;
 mod worker;
 
 pub use client::OtlpClient;
