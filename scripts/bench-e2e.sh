@@ -30,11 +30,17 @@
 # BENCH_PACED_FACTOR (default 0.9), BENCH_PROTOCOLS (paced runs, default "grpc http"), BENCH_ROUNDS,
 # BENCH_CLOSED_LOOPS (0 skips section 1's closed loops),
 # BENCH_THROTTLE_MS (default 1000), BENCH_LATENCY_ROWS (default 100000), BENCH_SKIP_ROTEL=1,
+# BENCH_FORWARD_COMPRESSION (section 3's compression towards the backend, for otelgate and rotel
+# alike: none, the default, or gzip, both collectors' default),
 # ROTEL (path of rotel-agent; default: installed from PyPI into target/bench-venv),
 # BENCH_SINK_TOML (extra lines for the gateway's [timescale] section; default none: the
 # defaults a user gets), BENCH_OVERLOAD_SECONDS (default 60), BENCH_LOG_DIR (where the
 # durable logs live; default the temporary work directory under $TMPDIR), OTELGATE_BIN (the
-# binary to measure; default: target/release/otelgate, built first).
+# binary to measure; default: target/release/otelgate, built first), BENCH_PIN=1 (PostgreSQL
+# on the last CPU, everything else, gateway, its clients and the ceiling's client, on the
+# others, with taskset: the database then has a core of its own, as it would on its own
+# machine, and the ratios of section 1 show whether the gateway feeds it as fast as a raw COPY
+# client instead of how the two share the cores).
 # Everything listens on 127.0.0.1 and stops by itself. Results: $OUT (default target/bench-e2e).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -48,6 +54,8 @@ LATENCY_ROWS=${BENCH_LATENCY_ROWS:-100000}
 OVERLOAD_SECS=${BENCH_OVERLOAD_SECONDS:-60}
 SECTIONS=${BENCH_SECTIONS:-"1 2 3 4"}
 SINK_TOML=${BENCH_SINK_TOML:-}
+PIN=${BENCH_PIN:-0}
+FORWARD_COMPRESSION=${BENCH_FORWARD_COMPRESSION:-none}
 CLOSED_LOOPS=${BENCH_CLOSED_LOOPS:-1}
 ROUNDS=${BENCH_ROUNDS:-3}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
@@ -72,6 +80,13 @@ trap cleanup EXIT
 LOG_ROOT=${BENCH_LOG_DIR:-$work}
 mkdir -p "$LOG_ROOT"
 
+# Command prefixes (taskset execs the command, so $! stays the command's own pid).
+DB=() APP=()
+if [ "$PIN" = 1 ]; then
+    last_cpu=$(( $(nproc) - 1 ))
+    [ "$last_cpu" -ge 1 ] || { echo "BENCH_PIN=1 needs at least 2 CPUs" >&2; exit 1; }
+    DB=(taskset -c "$last_cpu") APP=(taskset -c "0-$(( last_cpu - 1 ))")
+fi
 log() { printf '==> %s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 wait_for() { # url, seconds
     for _ in $(seq 1 $(( $2 * 10 ))); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
@@ -89,7 +104,7 @@ connections_of() { case $1 in mixed) echo 16 ;; *) echo 8 ;; esac; }
 rows_per_frame() { case $1 in mixed) echo 2.6 ;; frames) echo 4 ;; esac; }
 
 log "starting a throwaway PostgreSQL (fsync on)"
-$BIN testbed postgres >"$work/pg.url" 2>"$work/pg.log" &
+"${DB[@]}" $BIN testbed postgres >"$work/pg.url" 2>"$work/pg.log" &
 pids+=($!)
 for _ in $(seq 1 600); do [ -s "$work/pg.url" ] && break; sleep 0.1; done
 PG_URL=$(head -1 "$work/pg.url")
@@ -157,7 +172,7 @@ ceiling() { # shape name -> $OUT/<name>.json
     fresh_tables
     local pg0 pg1 client0
     pg0=$(pg_cpu_seconds); client_cpu_mark; client0=$CLIENT_CPU
-    $BIN testbed copy --database-url "$PG_URL" --seconds "$SECS" --connections 2 \
+    "${APP[@]}" $BIN testbed copy --database-url "$PG_URL" --seconds "$SECS" --connections 2 \
         --batch "$(batch_of "$1")" --shape "$1" --rows-per-copy 10000 >"$OUT/$2.json"
     client_cpu_mark; sleep 0.5; pg1=$(pg_cpu_seconds)
     add_cpu "$OUT/$2.json" "client_cpu_seconds=$(python3 -c "print($CLIENT_CPU - $client0)")" \
@@ -174,11 +189,11 @@ gateway_rows() {
     [ "$protocol" = grpc ] || endpoint=http://127.0.0.1:24318
     rm -rf "$LOG_ROOT/log-$config"
     fresh_tables
-    $BIN run --config "$work/$config.toml" 2>"$work/$name.log" &
+    "${APP[@]}" $BIN run --config "$work/$config.toml" 2>"$work/$name.log" &
     local gw=$!; pids+=($gw)
     wait_for http://127.0.0.1:23133/readyz 30
     if [ "${WARMUP:-0}" -gt 0 ]; then
-        $BIN load --endpoint "$endpoint" --protocol "$protocol" --shape "$shape" \
+        "${APP[@]}" $BIN load --endpoint "$endpoint" --protocol "$protocol" --shape "$shape" \
             -c "$(connections_of "$shape")" -b "$(batch_of "$shape")" --rate "$rate" \
             --duration "$WARMUP" --json >/dev/null
         sleep 1
@@ -187,7 +202,7 @@ gateway_rows() {
     start=$(sql "SELECT clock_timestamp()")
     pg0=$(pg_cpu_seconds)
     cpu0=$(cpu_seconds "$gw")
-    $BIN load --endpoint "$endpoint" --protocol "$protocol" --shape "$shape" \
+    "${APP[@]}" $BIN load --endpoint "$endpoint" --protocol "$protocol" --shape "$shape" \
         -c "$(connections_of "$shape")" -b "$(batch_of "$shape")" --rate "$rate" \
         --duration "$SECS" --database-url "$PG_URL" --json "$@" >"$OUT/$name.json" &
     loader=$!
@@ -280,7 +295,7 @@ fi
 { common_toml forward; cat <<TOML
 [exporters.down]
 endpoint = "http://127.0.0.1:25317"
-compression = "none"
+compression = "$FORWARD_COMPRESSION"
 TOML
 } >"$work/forward.toml"
 start_collector() { # otelgate|rotel -> pid
@@ -291,13 +306,14 @@ start_collector() { # otelgate|rotel -> pid
     else
         "$ROTEL" start --otlp-grpc-endpoint 127.0.0.1:24317 --otlp-http-endpoint 127.0.0.1:24318 \
             --exporter otlp --otlp-exporter-endpoint http://127.0.0.1:25317 --otlp-exporter-protocol grpc \
-            --otlp-exporter-compression none >"$work/rotel.log" 2>&1 </dev/null &
+            --otlp-exporter-compression "$FORWARD_COMPRESSION" >"$work/rotel.log" 2>&1 </dev/null &
         echo $!
     fi
 }
 collectors="otelgate"
 [ -z "$ROTEL" ] || collectors="otelgate rotel"
 : >"$OUT/forwarding.jsonl"
+echo "$FORWARD_COMPRESSION" >"$OUT/forward-compression.txt"
 for shape in mixed spans; do
     for protocol in grpc http; do
         for collector in $collectors; do

@@ -136,8 +136,10 @@ if SHAPES:
 if os.path.exists(f"{out}/forwarding.jsonl"):
     runs = [json.loads(line) for line in open(f"{out}/forwarding.jsonl")]
     rotel = os.path.exists(f"{out}/rotel-version.txt") and open(f"{out}/rotel-version.txt").read().strip()
+    compression = os.path.exists(f"{out}/forward-compression.txt") and open(f"{out}/forward-compression.txt").read().strip()
     print(f"\nOTLP forwarding to one counting backend, closed loop, log on ({rotel or 'rotel not run'}); "
-          "mixed = 4 connections x 100 frames (~110 spans), spans = 8 connections x 512 plain spans\n")
+          "mixed = 4 connections x 100 frames (~110 spans), spans = 8 connections x 512 plain spans; "
+          f"compression towards the backend: {compression or 'none'}\n")
     print("| shape, transport | otelgate spans/s | rotel spans/s | ratio | otelgate CPU s / M spans | rotel | ratio | peak RSS otelgate / rotel |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for shape in ("mixed", "spans"):
