@@ -125,12 +125,6 @@ pub fn utf8(bytes: &[u8]) -> Result<&str, ProtoError> {
     std::str::from_utf8(bytes).map_err(|_| ProtoError::InvalidUtf8)
 }
 
-/// Whether `bytes` is UTF-8 (see [`utf8`]).
-#[inline]
-pub fn is_utf8(bytes: &[u8]) -> bool {
-    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
-}
-
 /// A cursor over one message's bytes. It borrows them: what it reads points into them.
 #[derive(Debug, Clone)]
 pub struct ProtoReader<'a> {

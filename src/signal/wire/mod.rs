@@ -25,7 +25,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use super::proto::{
-    is_utf8, usual_key_value, ProtoError, ProtoReader, ScalarValue, WireType, DEPTH_LIMIT, FIXED32,
+    usual_key_value, utf8, ProtoError, ProtoReader, ScalarValue, WireType, DEPTH_LIMIT, FIXED32,
     FIXED64, LEN, VARINT,
 };
 use super::schema::{field, Kind, Msg, SPAN_ID, TRACE_ID};
@@ -171,7 +171,7 @@ fn is_usual_utf8_key_value(bytes: &[u8]) -> bool {
         ScalarValue::Str(text) => text,
         _ => &[],
     };
-    is_utf8(key) && is_utf8(text)
+    utf8(key).is_ok() && utf8(text).is_ok()
 }
 
 /// Reads the value of a field of the scalar `kind` whose key has `wire_type`, and checks it.
@@ -214,9 +214,7 @@ fn check_scalar(
         }
         Kind::Str => {
             expect(LEN)?;
-            if !is_utf8(reader.delimited()?) {
-                return Err(ProtoError::InvalidUtf8.into());
-            }
+            utf8(reader.delimited()?)?;
         }
         Kind::RepeatedVarint if wire_type == LEN => {
             let mut packed = ProtoReader::new(reader.delimited()?);
