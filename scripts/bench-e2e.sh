@@ -32,6 +32,8 @@
 # BENCH_THROTTLE_MS (default 1000), BENCH_LATENCY_ROWS (default 100000), BENCH_SKIP_ROTEL=1,
 # BENCH_FORWARD_COMPRESSION (section 3's compression towards the backend, for otelgate and rotel
 # alike: none, the default, or gzip, both collectors' default),
+# BENCH_PG_SETTINGS (the throwaway PostgreSQL's server settings, NAME=VALUE separated by
+# spaces; default "max_wal_size=16GB backend_flush_after=256kB"; empty: the defaults),
 # ROTEL (path of rotel-agent; default: installed from PyPI into target/bench-venv),
 # BENCH_SINK_TOML (extra lines for the gateway's [timescale] section; default none: the
 # defaults a user gets), BENCH_OVERLOAD_SECONDS (default 60), BENCH_LOG_DIR (where the
@@ -57,6 +59,12 @@ SINK_TOML=${BENCH_SINK_TOML:-}
 PIN=${BENCH_PIN:-0}
 FORWARD_COMPRESSION=${BENCH_FORWARD_COMPRESSION:-none}
 CLOSED_LOOPS=${BENCH_CLOSED_LOOPS:-1}
+# PostgreSQL as a deployment that takes 100,000+ rows/s is set up: with the default
+# max_wal_size (1 GB) such a load forces a checkpoint every ~13 s, and the end of each stalls
+# commits for 0.1-0.4 s; with backend_flush_after at 0, dirty pages reach the disk in bursts
+# that stall the gateway's log and PostgreSQL's commits alike (BENCHMARKS.md, "Checkpoints,
+# writeback and the latency tail").
+PG_SETTINGS=${BENCH_PG_SETTINGS-max_wal_size=16GB backend_flush_after=256kB}
 ROUNDS=${BENCH_ROUNDS:-3}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 OUT=${OUT:-target/bench-e2e}
@@ -103,14 +111,16 @@ batch_of() { case $1 in mixed) echo 100 ;; frames) echo 128 ;; spans) echo 512 ;
 connections_of() { case $1 in mixed) echo 16 ;; *) echo 8 ;; esac; }
 rows_per_frame() { case $1 in mixed) echo 2.6 ;; frames) echo 4 ;; esac; }
 
-log "starting a throwaway PostgreSQL (fsync on)"
-"${DB[@]}" $BIN testbed postgres >"$work/pg.url" 2>"$work/pg.log" &
+pg_args=()
+for setting in $PG_SETTINGS; do pg_args+=(--setting "$setting"); done
+log "starting a throwaway PostgreSQL (fsync on; settings: ${PG_SETTINGS:-the defaults})"
+"${DB[@]}" $BIN testbed postgres "${pg_args[@]}" >"$work/pg.url" 2>"$work/pg.log" &
 pids+=($!)
 for _ in $(seq 1 600); do [ -s "$work/pg.url" ] && break; sleep 0.1; done
 PG_URL=$(head -1 "$work/pg.url")
 TSDB=$(grep -o 'TimescaleDB: .*' "$work/pg.log" || true)
 log "PostgreSQL at $PG_URL ($TSDB)"
-echo "$TSDB" >"$OUT/timescaledb.txt"
+echo "$TSDB; server settings: ${PG_SETTINGS:-the defaults of PostgreSQL}" >"$OUT/timescaledb.txt"
 PG_PID=$(head -1 "$(sql "SHOW data_directory")/postmaster.pid")
 
 # CPU seconds, to compare what a row costs the whole machine on each path: on two shared

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::demo::backend::RecordingBackend;
 use crate::demo::generator::{now_nanos, TelemetryGenerator, TraceShape};
-use crate::demo::postgres::TempPostgres;
+use crate::demo::postgres::{ServerOptions, TempPostgres};
 use crate::load::template::TraceTemplates;
 
 /// What to start.
@@ -23,6 +23,10 @@ pub enum TestbedCommand {
         /// Turn fsync off (faster, not durable).
         #[arg(long)]
         no_fsync: bool,
+        /// A server setting, `name=value` (passed as `-c`; repeat for more), such as
+        /// `max_wal_size=16GB`.
+        #[arg(long = "setting", value_name = "NAME=VALUE")]
+        settings: Vec<String>,
     },
     /// Run a counting OTLP backend (gRPC and HTTP on one port; `GET /counts` for totals)
     /// until Ctrl-C or SIGTERM.
@@ -67,8 +71,18 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     match command {
-        TestbedCommand::Postgres { no_fsync } => {
-            let pg = tokio::task::spawn_blocking(move || TempPostgres::start(!no_fsync)).await??;
+        TestbedCommand::Postgres { no_fsync, settings } => {
+            if let Some(bad) = settings.iter().find(|s| !s.contains('=')) {
+                anyhow::bail!("--setting {bad:?}: expected NAME=VALUE");
+            }
+            let options = ServerOptions {
+                settings,
+                ..ServerOptions::default()
+            };
+            let pg = tokio::task::spawn_blocking(move || {
+                TempPostgres::start_with_options(!no_fsync, true, &options)
+            })
+            .await??;
             let config = TimescaleSinkConfig::new(pg.url());
             let extractor = Extractor::new(&config).map_err(anyhow::Error::msg)?;
             let (mut client, connection) =

@@ -156,8 +156,14 @@ impl TempPostgres {
             options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         }
         if timescaledb {
+            // TimescaleDB runs each policy as a background worker, out of the same
+            // `max_worker_processes` (8 by default) as parallel queries: with the thirteen
+            // policies of the migrations, jobs due together failed with "failed to start a
+            // background worker". TimescaleDB's rule: its workers (16) + parallel workers
+            // (8) + 3.
             options.push_str(
-                " -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off",
+                " -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off \
+                 -c max_worker_processes=27",
             );
         }
         for setting in &extra.settings {

@@ -47,6 +47,81 @@ const fn default_rejected_retention_days() -> u64 {
     7
 }
 
+/// `backend_flush_after = 256kB`: the sink's sessions fill the newest chunks, and with
+/// PostgreSQL's default (0) the pages they evict pile up in the kernel's page cache until a
+/// checkpoint's fsync or the kernel's writeback sends them in one burst that stalls every
+/// commit behind it. Set here it covers the sink's own writes; autovacuum's and others' need
+/// the server's setting (docs/TIMESCALE.md; docs/BENCHMARKS.md, "Checkpoints, writeback and
+/// the latency tail").
+fn default_transaction_settings() -> BTreeMap<String, String> {
+    BTreeMap::from([("backend_flush_after".to_owned(), "256kB".to_owned())])
+}
+
+/// [`TimescaleSinkConfig::transaction_settings`], checked: set first in each of the sink's
+/// transactions with `set_config(name, value, true)` (what `SET LOCAL` does, with the name and
+/// value as parameters, so nothing is quoted by hand).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TransactionSettings {
+    names: Vec<String>,
+    values: Vec<String>,
+}
+
+impl TransactionSettings {
+    /// The query that sets them: one row per setting.
+    pub const SQL: &'static str =
+        "SELECT set_config(name, value, true) FROM unnest($1::text[], $2::text[]) AS s(name, value)";
+
+    /// Refuses a name that is not a setting's name (letters, digits and `_`, with one `.` for
+    /// an extension's settings). Whether PostgreSQL knows the name and takes the value is
+    /// found out at start-up ([`super::sink::prepare_database`]).
+    pub fn new(settings: &BTreeMap<String, String>) -> Result<Self, String> {
+        let part = |p: &str| {
+            p.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        for name in settings.keys() {
+            let mut parts = name.split('.');
+            let valid = match (parts.next(), parts.next(), parts.next()) {
+                (Some(a), None, _) => part(a),
+                (Some(a), Some(b), None) => part(a) && part(b),
+                _ => false,
+            };
+            if !valid {
+                return Err(format!("{name:?} is not the name of a PostgreSQL setting"));
+            }
+        }
+        Ok(TransactionSettings {
+            names: settings.keys().cloned().collect(),
+            values: settings.values().cloned().collect(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Sets them in `tx`, for the rest of it.
+    pub async fn apply(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<(), tokio_postgres::Error> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        tx.query_typed(
+            Self::SQL,
+            &[
+                (&self.names, tokio_postgres::types::Type::TEXT_ARRAY),
+                (&self.values, tokio_postgres::types::Type::TEXT_ARRAY),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+}
+
 /// Price of a model, in US dollars per million tokens.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -115,6 +190,11 @@ pub struct TimescaleSinkConfig {
     /// User-defined mappings, in addition to the built-in ones.
     #[serde(default)]
     pub mappings: Vec<MappingConfig>,
+    /// PostgreSQL settings the sink sets (`SET LOCAL`) at the start of each of its
+    /// transactions, so they apply to its own writes only and work through PgBouncer in
+    /// transaction mode. Replaces the default set as a whole.
+    #[serde(default = "default_transaction_settings")]
+    pub transaction_settings: BTreeMap<String, String>,
     #[serde(default)]
     pub queue: QueueConfig,
 }
@@ -139,6 +219,7 @@ impl TimescaleSinkConfig {
             rejected_retention_days: default_rejected_retention_days(),
             llm_prices: BTreeMap::new(),
             mappings: Vec::new(),
+            transaction_settings: default_transaction_settings(),
             queue: QueueConfig::default(),
         }
     }
@@ -172,6 +253,47 @@ impl TimescaleSinkConfig {
             ));
         }
         super::mapping::compile(self).map_err(|e| ConfigError::invalid("timescale.mappings", e))?;
+        TransactionSettings::new(&self.transaction_settings)
+            .map_err(|e| ConfigError::invalid("timescale.transaction_settings", e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<TransactionSettings, String> {
+        TransactionSettings::new(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn transaction_settings_take_setting_names_only() {
+        for good in [
+            "backend_flush_after",
+            "_x1",
+            "pg_stat_statements.track",
+            "a.b_2",
+        ] {
+            assert!(settings(&[(good, "1")]).is_ok(), "{good}");
+        }
+        for bad in ["", "1abc", "a b", "a;b", "a.b.c", ".a", "a.", "a-b", "é"] {
+            let error = settings(&[(bad, "1")]).unwrap_err();
+            assert!(
+                error.contains("is not the name of a PostgreSQL setting"),
+                "{bad}: {error}"
+            );
+        }
+        assert!(settings(&[]).unwrap().is_empty());
+        let defaults = TimescaleSinkConfig::new("postgres://x/y").transaction_settings;
+        assert_eq!(
+            defaults.into_iter().collect::<Vec<_>>(),
+            [("backend_flush_after".to_owned(), "256kB".to_owned())]
+        );
     }
 }

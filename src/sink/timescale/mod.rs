@@ -18,7 +18,7 @@ mod tls_connect;
 mod view;
 mod writer;
 
-pub use config::{LlmPrice, TimescaleSinkConfig};
+pub use config::{LlmPrice, TimescaleSinkConfig, TransactionSettings};
 pub use copy::{Cell, CopyBatch, RowWriter, Rows};
 pub use error::{connect_error, TimescaleSinkError};
 pub use extract::{Extractor, RowBatch};

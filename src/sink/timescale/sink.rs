@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::config::TimescaleSinkConfig;
+use super::config::{TimescaleSinkConfig, TransactionSettings};
 use super::copy::{Cell, Rows};
 use super::error::{connect_error, TimescaleSinkError};
 use super::extract::{Extractor, RowBatch};
@@ -106,14 +106,23 @@ pub fn pool(config: &TimescaleSinkConfig) -> Result<Pool, TimescaleSinkError> {
         .map_err(|e| TimescaleSinkError::Setup(e.to_string()))
 }
 
-/// Migrates the database (unless `migrate_on_start` is off), or only finds out whether
-/// TimescaleDB is there.
+/// Checks that PostgreSQL takes `timescale.transaction_settings` (in a transaction rolled
+/// back), then migrates the database (unless `migrate_on_start` is off), or only finds out
+/// whether TimescaleDB is there.
 pub async fn prepare_database(
     pool: &Pool,
     config: &TimescaleSinkConfig,
     mappings: &[Mapping],
 ) -> Result<SchemaInfo, TimescaleSinkError> {
     let mut client = pool.get().await.map_err(|e| connect_error(config, &e))?;
+    let settings =
+        TransactionSettings::new(&config.transaction_settings).map_err(settings_error)?;
+    let tx = client.transaction().await?;
+    settings
+        .apply(&tx)
+        .await
+        .map_err(|e| settings_error(super::error::describe(&e)))?;
+    tx.rollback().await?;
     if config.migrate_on_start {
         return migrate(&mut client, config, mappings).await;
     }
@@ -128,6 +137,13 @@ pub async fn prepare_database(
         timescaledb: version,
         applied: Vec::new(),
     })
+}
+
+fn settings_error(message: String) -> TimescaleSinkError {
+    TimescaleSinkError::Config {
+        key: "timescale.transaction_settings".to_owned(),
+        message,
+    }
 }
 
 /// The TimescaleDB destination.
@@ -191,8 +207,11 @@ impl TimescaleSink {
             .map(|m| Arc::new(Target::mapping(m)))
             .collect();
         targets.push(Arc::new(Target::rejected(extractor.mappings())));
+        let settings = TransactionSettings::new(&config.transaction_settings)
+            .expect("checked when the configuration was loaded");
         let writer = SinkWriter::new(
             pool,
+            settings,
             retry_limit(log.is_some(), config.max_elapsed()),
             Target::rejected(extractor.mappings()),
             log.as_ref().map(|l| l.log_id),

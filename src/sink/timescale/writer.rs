@@ -14,6 +14,7 @@ use deadpool_postgres::Pool;
 use futures_util::SinkExt;
 use tokio_postgres::types::Type;
 
+use super::config::TransactionSettings;
 use super::copy::{Cell, CopyBatch, Rows};
 use super::error::{Failure, TimescaleSinkError};
 use super::ledger::{LedgerKey, LedgerRange, RowKey};
@@ -134,6 +135,8 @@ pub(super) fn now_nanos() -> i64 {
 /// Writes batches; shared by the sink's write tasks.
 pub(super) struct SinkWriter {
     pool: Pool,
+    /// Set first in each transaction (`timescale.transaction_settings`).
+    settings: TransactionSettings,
     pub(super) tally: SinkTally,
     /// The delays between attempts of one batch.
     retry: RetryConfig,
@@ -188,6 +191,7 @@ pub struct TableBatch<'a> {
 /// of the exactly-once contract.
 pub async fn copy_batch(
     pool: &Pool,
+    settings: &TransactionSettings,
     copy_sql: &str,
     data: &Bytes,
     rows: usize,
@@ -199,16 +203,17 @@ pub async fn copy_batch(
         rows,
         claim,
     };
-    copy_batches(pool, &[batch]).await
+    copy_batches(pool, settings, &[batch]).await
 }
 
-/// Writes `batches` (one per table) in one transaction that first claims every batch's id in
-/// the ledger. The ids are claimed together, so they are either all there or none is: if they
+/// Writes `batches` (one per table) in one transaction that first sets `settings` and claims
+/// every batch's id in the ledger. The ids are claimed together, so they are either all there or none is: if they
 /// are (an earlier attempt committed), or an attempt still in flight commits them while this
 /// one waits on the ledger rows, nothing is written. Public for tests of the exactly-once
 /// contract.
 pub async fn copy_batches(
     pool: &Pool,
+    settings: &TransactionSettings,
     batches: &[TableBatch<'_>],
 ) -> Result<CopyOutcome, TimescaleSinkError> {
     let mut claims = LedgerColumns::default();
@@ -217,11 +222,12 @@ pub async fn copy_batches(
     }
     let mut client = pool.get().await.map_err(TimescaleSinkError::from)?;
     let tx = client.transaction().await?;
-    // The claims and every COPY's statement in one round trip: tokio-postgres pipelines
-    // requests polled together. Prepared and dropped (closed) inside the transaction, so
-    // nothing outlives it on the server connection, which PgBouncer in transaction mode may
-    // hand to someone else.
-    let (claimed, statements) = futures_util::future::try_join(
+    // The settings, the claims and every COPY's statement in one round trip: tokio-postgres
+    // pipelines requests polled together, and sends them in the order polled. Prepared and
+    // dropped (closed) inside the transaction, so nothing outlives it on the server
+    // connection, which PgBouncer in transaction mode may hand to someone else.
+    let ((), claimed, statements) = futures_util::future::try_join3(
+        settings.apply(&tx),
         claims.insert(&tx),
         futures_util::future::try_join_all(batches.iter().map(|b| tx.prepare(b.copy_sql))),
     )
@@ -315,12 +321,14 @@ impl<'a> LedgerColumns<'a> {
 impl SinkWriter {
     pub(super) fn new(
         pool: Pool,
+        settings: TransactionSettings,
         retry_limit: Duration,
         rejected: Target,
         log_id: Option<uuid::Uuid>,
     ) -> Self {
         SinkWriter {
             pool,
+            settings,
             tally: SinkTally::default(),
             retry: RetryConfig {
                 initial_backoff_ms: 50,
@@ -421,7 +429,7 @@ impl SinkWriter {
         let outcome = self
             .retry_transient(&tables, || async {
                 let started = std::time::Instant::now();
-                let written = copy_batches(&self.pool, &batches).await?;
+                let written = copy_batches(&self.pool, &self.settings, &batches).await?;
                 Ok((written, started.elapsed()))
             })
             .await;
@@ -555,9 +563,15 @@ impl SinkWriter {
         let (written, took) = self
             .retry_transient(&[&target.table], || async {
                 let started = std::time::Instant::now();
-                let written =
-                    copy_batch(&self.pool, &target.copy_sql, rows.data(), rows.len(), claim)
-                        .await?;
+                let written = copy_batch(
+                    &self.pool,
+                    &self.settings,
+                    &target.copy_sql,
+                    rows.data(),
+                    rows.len(),
+                    claim,
+                )
+                .await?;
                 Ok((written, started.elapsed()))
             })
             .await?;

@@ -132,6 +132,12 @@ const FRAMES_COPY: &str = "COPY frame_metadata (time, camera_id) FROM STDIN (FOR
 /// hand, and three frame rows as binary COPY data ([`FRAMES_COPY`]). Their times are recent:
 /// with TimescaleDB, the retention policy the gateway installed would drop chunks of old times
 /// while the test runs.
+/// The settings the sink sets in its transactions by default.
+fn default_settings(pg: &TempPostgres) -> otelgate::sink::timescale::TransactionSettings {
+    let config = otelgate::sink::timescale::TimescaleSinkConfig::new(pg.url());
+    otelgate::sink::timescale::TransactionSettings::new(&config.transaction_settings).unwrap()
+}
+
 async fn migrated_with_frames(
     pg: &TempPostgres,
 ) -> (otelgate::Gateway, deadpool_postgres::Pool, bytes::Bytes) {
@@ -153,6 +159,7 @@ async fn the_ledger_skips_a_replayed_batch() {
     use otelgate::sink::timescale::{copy_batch, CopyOutcome, LedgerClaim};
     let pg = TempPostgres::start(false).unwrap();
     let (gateway, pool, data) = migrated_with_frames(&pg).await;
+    let settings = default_settings(&pg);
     let sql = FRAMES_COPY;
     let claim = |batch_id| LedgerClaim {
         batch_id,
@@ -162,16 +169,20 @@ async fn the_ledger_skips_a_replayed_batch() {
     };
     let id = uuid::Uuid::new_v4();
     assert_eq!(
-        copy_batch(&pool, sql, &data, 3, claim(id)).await.unwrap(),
+        copy_batch(&pool, &settings, sql, &data, 3, claim(id))
+            .await
+            .unwrap(),
         CopyOutcome::Committed
     );
     assert_eq!(
-        copy_batch(&pool, sql, &data, 3, claim(id)).await.unwrap(),
+        copy_batch(&pool, &settings, sql, &data, 3, claim(id))
+            .await
+            .unwrap(),
         CopyOutcome::AlreadyCommitted
     );
     let other = uuid::Uuid::new_v4();
     assert_eq!(
-        copy_batch(&pool, sql, &data, 3, claim(other))
+        copy_batch(&pool, &settings, sql, &data, 3, claim(other))
             .await
             .unwrap(),
         CopyOutcome::Committed
@@ -179,8 +190,8 @@ async fn the_ledger_skips_a_replayed_batch() {
     // Two attempts of one batch at the same time (a retry racing a slow COMMIT): one writes.
     let racing = uuid::Uuid::new_v4();
     let (a, b) = tokio::join!(
-        copy_batch(&pool, sql, &data, 3, claim(racing)),
-        copy_batch(&pool, sql, &data, 3, claim(racing))
+        copy_batch(&pool, &settings, sql, &data, 3, claim(racing)),
+        copy_batch(&pool, &settings, sql, &data, 3, claim(racing))
     );
     let mut outcomes = [a.unwrap(), b.unwrap()];
     outcomes.sort_by_key(|w| matches!(w, CopyOutcome::AlreadyCommitted));
@@ -205,6 +216,7 @@ async fn a_transaction_of_several_tables_is_claimed_whole() {
     use otelgate::sink::timescale::{Cell, Rows};
     let pg = TempPostgres::start(false).unwrap();
     let (gateway, pool, frames) = migrated_with_frames(&pg).await;
+    let settings = default_settings(&pg);
     let now = otelgate_cli::demo::generator::now_nanos() as i64;
     let mut rejected = Rows::default();
     for i in 0..2 {
@@ -250,19 +262,22 @@ async fn a_transaction_of_several_tables_is_claimed_whole() {
     };
     let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     assert_eq!(
-        copy_batches(&pool, &group(a, b)).await.unwrap(),
+        copy_batches(&pool, &settings, &group(a, b)).await.unwrap(),
         CopyOutcome::Committed
     );
     assert_eq!(totals(&db).await, (3, 2, 2));
     assert_eq!(
-        copy_batches(&pool, &group(a, b)).await.unwrap(),
+        copy_batches(&pool, &settings, &group(a, b)).await.unwrap(),
         CopyOutcome::AlreadyCommitted
     );
     assert_eq!(totals(&db).await, (3, 2, 2));
     // Two attempts of one transaction at the same time: one writes.
     let (c, d) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     let (one, other) = (group(c, d), group(c, d));
-    let (first, second) = tokio::join!(copy_batches(&pool, &one), copy_batches(&pool, &other));
+    let (first, second) = tokio::join!(
+        copy_batches(&pool, &settings, &one),
+        copy_batches(&pool, &settings, &other)
+    );
     let mut outcomes = [first.unwrap(), second.unwrap()];
     outcomes.sort_by_key(|w| matches!(w, CopyOutcome::AlreadyCommitted));
     assert_eq!(
@@ -272,10 +287,19 @@ async fn a_transaction_of_several_tables_is_claimed_whole() {
     assert_eq!(totals(&db).await, (6, 4, 4));
     // One id already taken by another transaction: nothing of this one is written.
     let (e, f) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-    copy_batch(&pool, frames_sql, &frames, 3, claim(e, "frame_metadata"))
+    copy_batch(
+        &pool,
+        &settings,
+        frames_sql,
+        &frames,
+        3,
+        claim(e, "frame_metadata"),
+    )
+    .await
+    .unwrap();
+    let error = copy_batches(&pool, &settings, &group(e, f))
         .await
-        .unwrap();
-    let error = copy_batches(&pool, &group(e, f)).await.unwrap_err();
+        .unwrap_err();
     assert!(
         error.to_string().contains("1 of the 2 batch ids"),
         "{error}"

@@ -411,3 +411,93 @@ async fn frame_and_detection_log_records_become_rows() {
     assert_eq!(detection.get::<_, f64>(1), 0.9);
     gateway.shutdown().await;
 }
+
+/// `transaction_settings` are set in the sink's own transactions (the default
+/// `backend_flush_after` included, values quoted whatever they hold), not in other sessions;
+/// a setting PostgreSQL does not know, or a value it refuses, stops the start with a message
+/// naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_settings_apply_to_the_sinks_transactions_only() {
+    // Plain PostgreSQL: TimescaleDB refuses a column whose default is not a constant on a
+    // hypertable with compression, and the columns below are how the test sees the settings.
+    let pg = TempPostgres::start_with(false, false).unwrap();
+    let mut sink = sink_config(&pg.url());
+    sink.transaction_settings.insert(
+        "otelgate_test.marker".into(),
+        "it's 'quoted'; \\ too".into(),
+    );
+    let gateway = gateway_with_sink(sink).await;
+    let db = connect(&pg.url()).await;
+    // Columns the sink's COPY does not name take their defaults inside its transaction.
+    db.batch_execute(
+        "ALTER TABLE frame_metadata \
+           ADD COLUMN flush_after text DEFAULT current_setting('backend_flush_after'), \
+           ADD COLUMN marker text DEFAULT current_setting('otelgate_test.marker', true)",
+    )
+    .await
+    .unwrap();
+    grpc_export(
+        gateway.grpc_addr(),
+        Signal::Traces,
+        fixture(TRACES).into(),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        wait_count(&db, "SELECT count(*) FROM frame_metadata", 20).await,
+        20
+    );
+    let seen: Vec<(String, Option<String>, i64)> = db
+        .query(
+            "SELECT flush_after, marker, count(*) FROM frame_metadata GROUP BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![(
+            "256kB".to_owned(),
+            Some("it's 'quoted'; \\ too".to_owned()),
+            20
+        )]
+    );
+    let elsewhere: String = db
+        .query_one("SHOW backend_flush_after", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(elsewhere, "0");
+    gateway.shutdown().await;
+
+    for (name, value, expected) in [
+        (
+            "no_such_setting",
+            "1",
+            "unrecognized configuration parameter",
+        ),
+        ("backend_flush_after", "lots", "invalid value"),
+    ] {
+        let mut sink = sink_config(&pg.url());
+        sink.transaction_settings.insert(name.into(), value.into());
+        let mut config = otelgate::Config::default();
+        config.log.dir = crate::log_dir();
+        config.receiver.grpc_endpoint = "127.0.0.1:0".into();
+        config.receiver.http_endpoint = "127.0.0.1:0".into();
+        config.telemetry.admin_endpoint = "127.0.0.1:0".into();
+        config.timescale = Some(sink);
+        config.validate().expect("the names are well formed");
+        let error = match otelgate::Gateway::start(config).await {
+            Ok(_) => panic!("started with {name} = {value}"),
+            Err(error) => format!("{error:#}"),
+        };
+        assert!(
+            error.contains("timescale.transaction_settings") && error.contains(expected),
+            "{error}"
+        );
+    }
+}
