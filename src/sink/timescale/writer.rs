@@ -207,10 +207,10 @@ pub async fn copy_batch(
 }
 
 /// Writes `batches` (one per table) in one transaction that first sets `settings` and claims
-/// every batch's id in the ledger. The ids are claimed together, so they are either all there or none is: if they
-/// are (an earlier attempt committed), or an attempt still in flight commits them while this
-/// one waits on the ledger rows, nothing is written. Public for tests of the exactly-once
-/// contract.
+/// every batch's id in the ledger. The ids are claimed together, so they are either all
+/// there or none is: if they are (an earlier attempt committed), or an attempt still in
+/// flight commits them while this one waits on the ledger rows, nothing is written. Public
+/// for tests of the exactly-once contract.
 pub async fn copy_batches(
     pool: &Pool,
     settings: &TransactionSettings,
