@@ -68,7 +68,7 @@ pub struct TransactionSettings {
 
 impl TransactionSettings {
     /// The query that sets them: one row per setting.
-    pub const SQL: &'static str =
+    const SQL: &'static str =
         "SELECT set_config(name, value, true) FROM unnest($1::text[], $2::text[]) AS s(name, value)";
 
     /// Refuses a name that is not a setting's name (letters, digits and `_`, with one `.` for

@@ -43,8 +43,8 @@ pub fn sink_config(url: &str) -> TimescaleSinkConfig {
     config
 }
 
-/// A gateway whose only destination is the TimescaleDB sink.
-pub async fn gateway_with_sink(sink: TimescaleSinkConfig) -> Gateway {
+/// The config of a gateway whose only destination is the TimescaleDB sink.
+pub fn config_with_sink(sink: TimescaleSinkConfig) -> Config {
     let mut config = Config::default();
     config.log.dir = crate::log_dir();
     config.receiver.grpc_endpoint = "127.0.0.1:0".into();
@@ -52,7 +52,12 @@ pub async fn gateway_with_sink(sink: TimescaleSinkConfig) -> Gateway {
     config.telemetry.admin_endpoint = "127.0.0.1:0".into();
     config.pipeline.shutdown_timeout_seconds = 30;
     config.timescale = Some(sink);
-    start(config).await
+    config
+}
+
+/// A gateway whose only destination is the TimescaleDB sink.
+pub async fn gateway_with_sink(sink: TimescaleSinkConfig) -> Gateway {
+    start(config_with_sink(sink)).await
 }
 
 pub async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {

@@ -484,12 +484,7 @@ async fn transaction_settings_apply_to_the_sinks_transactions_only() {
     ] {
         let mut sink = sink_config(&pg.url());
         sink.transaction_settings.insert(name.into(), value.into());
-        let mut config = otelgate::Config::default();
-        config.log.dir = crate::log_dir();
-        config.receiver.grpc_endpoint = "127.0.0.1:0".into();
-        config.receiver.http_endpoint = "127.0.0.1:0".into();
-        config.telemetry.admin_endpoint = "127.0.0.1:0".into();
-        config.timescale = Some(sink);
+        let config = super::config_with_sink(sink);
         config.validate().expect("the names are well formed");
         let error = match otelgate::Gateway::start(config).await {
             Ok(_) => panic!("started with {name} = {value}"),
