@@ -128,16 +128,16 @@ async fn killed_connections_lose_and_duplicate_nothing() {
 /// The COPY of the frame rows that [`migrated_with_frames`] makes.
 const FRAMES_COPY: &str = "COPY frame_metadata (time, camera_id) FROM STDIN (FORMAT binary)";
 
-/// A gateway that has migrated `pg`, a pool of its sink's connections for batches written by
-/// hand, and three frame rows as binary COPY data ([`FRAMES_COPY`]). Their times are recent:
-/// with TimescaleDB, the retention policy the gateway installed would drop chunks of old times
-/// while the test runs.
 /// The settings the sink sets in its transactions by default.
 fn default_settings(pg: &TempPostgres) -> otelgate::sink::timescale::TransactionSettings {
     let config = otelgate::sink::timescale::TimescaleSinkConfig::new(pg.url());
     otelgate::sink::timescale::TransactionSettings::new(&config.transaction_settings).unwrap()
 }
 
+/// A gateway that has migrated `pg`, a pool of its sink's connections for batches written by
+/// hand, and three frame rows as binary COPY data ([`FRAMES_COPY`]). Their times are recent:
+/// with TimescaleDB, the retention policy the gateway installed would drop chunks of old times
+/// while the test runs.
 async fn migrated_with_frames(
     pg: &TempPostgres,
 ) -> (otelgate::Gateway, deadpool_postgres::Pool, bytes::Bytes) {
