@@ -111,7 +111,9 @@ batch_of() { case $1 in mixed) echo 100 ;; frames) echo 128 ;; spans) echo 512 ;
 connections_of() { case $1 in mixed) echo 16 ;; *) echo 8 ;; esac; }
 rows_per_frame() { case $1 in mixed) echo 2.6 ;; frames) echo 4 ;; esac; }
 
-pg_args=()
+# Autovacuum's runs are logged too (PostgreSQL 15 logs checkpoints by default): the server's
+# log is kept as $OUT/postgres.log, beside section 2's per-second latencies and vmstat.
+pg_args=(--setting log_autovacuum_min_duration=0)
 for setting in $PG_SETTINGS; do pg_args+=(--setting "$setting"); done
 log "starting a throwaway PostgreSQL (fsync on; settings: ${PG_SETTINGS:-the defaults})"
 "${DB[@]}" $BIN testbed postgres "${pg_args[@]}" >"$work/pg.url" 2>"$work/pg.log" &
@@ -121,7 +123,8 @@ PG_URL=$(head -1 "$work/pg.url")
 TSDB=$(grep -o 'TimescaleDB: .*' "$work/pg.log" || true)
 log "PostgreSQL at $PG_URL ($TSDB)"
 echo "$TSDB; server settings: ${PG_SETTINGS:-the defaults of PostgreSQL}" >"$OUT/timescaledb.txt"
-PG_PID=$(head -1 "$(sql "SHOW data_directory")/postmaster.pid")
+PG_DATA=$(sql "SHOW data_directory")
+PG_PID=$(head -1 "$PG_DATA/postmaster.pid")
 
 # CPU seconds, to compare what a row costs the whole machine on each path: on two shared
 # cores the rate a path can reach follows its CPU per row, and CPU per row moves far less
@@ -277,7 +280,18 @@ if want 2; then
 for shape in $SHAPES; do
     fps=$(python3 -c "print(round($LATENCY_ROWS / $(rows_per_frame "$shape")))")
     log "2. $shape: paced at $LATENCY_ROWS rows/s ($fps frames/s), OTLP/gRPC, after a 5 s warm-up"
+    vmstat -t 1 >"$OUT/latency-$shape-vmstat.txt" &
+    vmstat=$!
     WARMUP=5 gateway_rows rows "$shape" grpc "$fps" "latency-$shape"
+    kill "$vmstat"; wait "$vmstat" 2>/dev/null || true
+    # Per second of commit (warm-up included): frame rows, p99 and maximum receive-to-commit
+    # in ms, computed as `otelgate load` does; to be read beside postgres.log and vmstat.
+    sql "WITH l AS (SELECT ingested_at, extract(epoch FROM ingested_at - time) * 1000 - processing_ms AS ms
+                    FROM frame_metadata)
+         SELECT to_char(date_trunc('second', ingested_at), 'HH24:MI:SS') || ' rows=' || count(*)
+                || ' p99=' || round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1)
+                || ' max=' || round(max(ms)::numeric, 1)
+         FROM l GROUP BY date_trunc('second', ingested_at) ORDER BY 1" >"$OUT/latency-$shape-seconds.txt"
 done
 fi
 
@@ -382,4 +396,5 @@ kill "$SAMPLER"; wait "$SAMPLER" 2>/dev/null || true
 kill "$GW"; wait "$GW" 2>/dev/null || true
 fi
 
+cp "$(dirname "$PG_DATA")/server.log" "$OUT/postgres.log" 2>/dev/null || true
 python3 scripts/bench_e2e_table.py "$OUT" "$PACED_FACTOR" "$THROTTLE_MS" "$LATENCY_ROWS" | tee "$OUT/summary.txt"
