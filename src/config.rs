@@ -471,6 +471,7 @@ mod tests {
             ("[telemetry]\nadmin_endpoint = \"localhost\"\n[exporters.x]\nendpoint = \"http://a:1\"\n", "telemetry.admin_endpoint"),
             ("[timescale]\nurl = \"host=db\"\nsslmode = \"verify-full\"\nsslrootcert = \"/nonexistent/ca.pem\"\n", "key `timescale.sslrootcert`: cannot read PEM file /nonexistent/ca.pem"),
             ("[timescale]\nurl = \"host=db sslmode=verify-ca\"\n", "key `sslmode in timescale.url`: sslmode=verify-ca needs sslrootcert"),
+            ("[log]\ngroup_wait_us = 100001\n[exporters.x]\nendpoint = \"http://a:1\"\n", "key `log.group_wait_us`: must be at most 100000"),
         ];
         for (text, key) in cases {
             let err = load_err(text, &[]);

@@ -197,3 +197,44 @@ async fn a_new_destination_starts_at_the_head_and_a_restart_resumes_each_cursor(
     );
     assert_eq!(log.backlog(), vec![("late".to_owned(), 0)]);
 }
+
+/// Appends a 1000-byte body filled with `first`.
+async fn append_one(appender: &super::Appender, first: u8) -> Position {
+    let budget = MemoryBudget::new(1 << 20);
+    let body = bytes::Bytes::from(vec![first; 1000]);
+    let permit = budget.try_admit(body.len()).unwrap();
+    let payload = Arc::new(Payload::new(Signal::Logs, body, 1, permit));
+    appender.append(payload).await.unwrap()
+}
+
+#[tokio::test]
+async fn with_group_wait_an_append_that_comes_soon_after_shares_the_first_ones_sync() {
+    for (wait_us, syncs) in [(100_000, 1), (0, 2)] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(&LogConfig {
+            group_wait_us: wait_us,
+            ..config(dir.path())
+        })
+        .unwrap();
+        let appender = log.take_appender().unwrap();
+        // The second append starts after the first is taken by the writer and, without a
+        // wait, synced (a sync of 1000 bytes takes well under the 100 ms the first waits).
+        let second = {
+            let appender = appender.clone();
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                append_one(&appender, 1).await
+            }
+        };
+        let (a, b) = tokio::join!(append_one(&appender, 0), second);
+        assert_eq!((a.seq, b.seq), (0, 1));
+        drop(appender);
+        log.join_writer().await;
+        let stats = log.stats();
+        assert_eq!(
+            (stats.records, stats.syncs),
+            (2, syncs),
+            "group_wait_us = {wait_us}"
+        );
+    }
+}

@@ -214,18 +214,28 @@ impl Writer {
         }
     }
 
-    /// `first` and the appends waiting behind it, up to [`MAX_GROUP_BYTES`] of bodies.
+    /// `first` and the appends waiting behind it, up to [`MAX_GROUP_BYTES`] of bodies; with
+    /// `log.group_wait_us`, also those that arrive within that time of `first`.
     fn take_group(&mut self, first: AppendRequest) -> Vec<AppendRequest> {
+        let waited_from = Instant::now();
+        let wait = Duration::from_micros(self.shared.config.group_wait_us);
         let mut group = vec![first];
         let mut bytes = group[0].payload.body.len();
-        while bytes < MAX_GROUP_BYTES {
-            match self.rx.try_recv() {
-                Ok(next) => {
-                    bytes += next.payload.body.len();
-                    group.push(next);
+        let mut drain = |group: &mut Vec<AppendRequest>| {
+            while bytes < MAX_GROUP_BYTES {
+                match self.rx.try_recv() {
+                    Ok(next) => {
+                        bytes += next.payload.body.len();
+                        group.push(next);
+                    }
+                    Err(_) => return bytes < MAX_GROUP_BYTES,
                 }
-                Err(_) => break,
             }
+            false
+        };
+        if drain(&mut group) && !wait.is_zero() {
+            std::thread::sleep(wait.saturating_sub(waited_from.elapsed()));
+            drain(&mut group);
         }
         group
     }
