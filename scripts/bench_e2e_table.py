@@ -25,6 +25,24 @@ def row(label, cells):
     print(f"| {label} | " + " | ".join(cells) + " |")
 
 
+def machine(shape):
+    """Mean CPU steal and idle (%) of the seconds of section 2's vmstat under load (idle < 80%,
+    which leaves out the pauses before and after): on a shared VM, steal explains a slow run."""
+    path = f"{out}/latency-{shape}-vmstat.txt"
+    if not os.path.exists(path):
+        return ""
+    busy = []
+    for line in open(path):
+        fields = line.split()
+        if len(fields) >= 17 and fields[0].isdigit() and int(fields[14]) < 80:
+            busy.append((int(fields[16]), int(fields[14])))
+    if not busy:
+        return ""
+    steal = sum(s for s, _ in busy) / len(busy)
+    idle = sum(i for _, i in busy) / len(busy)
+    return f"; CPU steal {steal:.0f}%, idle {idle:.0f}%"
+
+
 def commit_p99(report):
     db = (report or {}).get("database") or {}
     return db.get("receive_to_commit_ms", {}).get("p99")
@@ -130,7 +148,8 @@ if SHAPES:
         c = report["database"]["receive_to_commit_ms"]
         cells.append(f"achieved {rows['rows_per_second_while_sending']:,.0f} rows/s; commit p50 {c['p50']:.1f}, "
                      f"**p99 {c['p99']:.1f}**, max {c['max']:.0f} ms; ack p99 {report['ack_latency_ms']['p99']:.1f} ms; "
-                     f"{report['database']['frame_rows_found']:,}/{report['items_acknowledged']:,} frames found")
+                     f"{report['database']['frame_rows_found']:,}/{report['items_acknowledged']:,} frames found"
+                     f"{machine(shape)}")
     row(f"receive-to-commit, paced at {int(latency_rows):,} rows/s, OTLP/gRPC", cells)
 
 if os.path.exists(f"{out}/forwarding.jsonl"):

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::segment::{self, SegmentRecord, SEGMENT_HEADER};
@@ -217,10 +218,11 @@ impl Writer {
     /// `first` and the appends waiting behind it, up to [`MAX_GROUP_BYTES`] of bodies; with
     /// `log.group_wait_us`, also those that arrive within that time of `first`.
     fn take_group(&mut self, first: AppendRequest) -> Vec<AppendRequest> {
-        let waited_from = Instant::now();
+        let started = Instant::now();
         let wait = Duration::from_micros(self.shared.config.group_wait_us);
         let mut group = vec![first];
         let mut bytes = group[0].payload.body.len();
+        // Takes what waits; says whether more could still join (room left, appenders left).
         let mut drain = |group: &mut Vec<AppendRequest>| {
             while bytes < MAX_GROUP_BYTES {
                 match self.rx.try_recv() {
@@ -228,13 +230,14 @@ impl Writer {
                         bytes += next.payload.body.len();
                         group.push(next);
                     }
-                    Err(_) => return bytes < MAX_GROUP_BYTES,
+                    Err(TryRecvError::Empty) => return true,
+                    Err(TryRecvError::Disconnected) => return false,
                 }
             }
             false
         };
         if drain(&mut group) && !wait.is_zero() {
-            std::thread::sleep(wait.saturating_sub(waited_from.elapsed()));
+            std::thread::sleep(wait.saturating_sub(started.elapsed()));
             drain(&mut group);
         }
         group

@@ -453,7 +453,7 @@ async fn run(settings: Settings) {
         rounds,
         gateways,
     } = settings;
-    let world = World::start(gateways).await;
+    let world = World::start(gateways, seed).await;
     let mut rng = SmallRng::seed_from_u64(seed);
     // Every frame id of this run starts so (see `clients`).
     let run = format!("s{seed}r");
@@ -461,7 +461,12 @@ async fn run(settings: Settings) {
     let mut views: [BackendView; 2] = Default::default();
     let mut failed = Vec::new();
     let mut injected: std::collections::BTreeMap<&str, usize> = Default::default();
-    println!("chaos: seed {seed}, {rounds} rounds, {gateways} gateway(s), {CLIENTS} clients");
+    let waits: Vec<u64> = (0..gateways)
+        .map(|i| world::group_wait_us(seed, i))
+        .collect();
+    println!(
+        "chaos: seed {seed}, {rounds} rounds, {gateways} gateway(s) (log.group_wait_us {waits:?}), {CLIENTS} clients"
+    );
     println!(
         "{:>5} | {:<60} | {:>6} | {:>5} | {:>7} | {:>4} | {:>4} | {:>5} | {:>5} | {:>7} | result",
         "round", "faults", "acked", "unkn", "rows", "miss", "dup", "wrong", "bk-mis", "drain"

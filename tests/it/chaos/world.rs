@@ -44,7 +44,7 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    fn new(dir: &Path, pg_url: &str, backends: &[RecordingBackend; 2]) -> Self {
+    fn new(dir: &Path, pg_url: &str, backends: &[RecordingBackend; 2], group_wait_us: u64) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let (grpc, http, admin) = (free_port(), free_port(), free_port());
         let config = format!(
@@ -60,6 +60,8 @@ shutdown_timeout_seconds = 5
 dir = "{log}"
 # Saved cursors lag: every restart replays records whose rows are partly committed.
 cursor_interval_ms = 300
+# Groups that wait for company too, so kills land while appends wait to be synced.
+group_wait_us = {group_wait_us}
 [exporters.a]
 endpoint = "{a}"
 protocol = "grpc"
@@ -200,6 +202,13 @@ pool_size = 3
     }
 }
 
+/// Gateway `gateway`'s `log.group_wait_us` in a run of `seed`: none (the default), longer
+/// than a sync, or shorter, in turn, so that runs with three gateways have each.
+pub fn group_wait_us(seed: u64, gateway: usize) -> u64 {
+    const WAITS_US: [u64; 3] = [0, 2000, 500];
+    WAITS_US[(seed as usize + gateway) % WAITS_US.len()]
+}
+
 /// Everything a run needs.
 pub struct World {
     pub pg: Arc<TempPostgres>,
@@ -208,7 +217,8 @@ pub struct World {
 }
 
 impl World {
-    pub async fn start(gateways: usize) -> World {
+    /// Starts `gateways` gateways, with the `log.group_wait_us` of [`group_wait_us`].
+    pub async fn start(gateways: usize, seed: u64) -> World {
         // Durable: the harness crashes the server, and must not lose commits it acknowledged.
         let pg = Arc::new(crate::postgres_with_timescaledb(true));
         let backends = [
@@ -217,7 +227,14 @@ impl World {
         ];
         let root = crate::log_dir();
         let gateways: Vec<GatewayProcess> = (0..gateways)
-            .map(|i| GatewayProcess::new(&root.join(format!("g{i}")), &pg.url(), &backends))
+            .map(|i| {
+                GatewayProcess::new(
+                    &root.join(format!("g{i}")),
+                    &pg.url(),
+                    &backends,
+                    group_wait_us(seed, i),
+                )
+            })
             .collect();
         // One at a time: the first migrates, the others find the schema in place.
         for gateway in &gateways {
