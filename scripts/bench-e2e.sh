@@ -18,8 +18,10 @@
 #     Each ceiling and paced run also records the CPU seconds of PostgreSQL (all its processes),
 #     the client and the gateway, and the table gives each path's CPU per million rows: on two
 #     shared cores the rate a path can reach follows it, and it drifts far less than rows/s;
+#     and the VM's CPU steal (/proc/stat), which makes a run incomparable with its neighbours;
 #  2. receive-to-commit latency, paced at BENCH_LATENCY_ROWS rows/s (default 100000), per shape,
-#     after 5 s of the same load to warm up (not measured);
+#     after 5 s of the same load to warm up (not measured); per second of commit p99 and max,
+#     vmstat, and PostgreSQL's log are kept in $OUT, and the table gives steal and idle;
 #  3. OTLP forwarding to one counting backend, otelgate (log on) against rotel (PyPI `rotel`),
 #     per shape (mixed: 4 connections x 100 frames; spans: 8 connections x 512 spans) and per
 #     transport, closed loop: spans delivered per second, CPU seconds per million spans and
@@ -138,6 +140,13 @@ client_cpu_mark() { # CLIENT_CPU = CPU seconds of this shell's finished children
     times >"$work/times"
     CLIENT_CPU=$(awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); print u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$work/times")
 }
+steal_mark() { # -> "steal total" CPU ticks of the whole VM so far (/proc/stat): the time the
+    # hypervisor gave these vCPUs' turn to someone else, and all ticks
+    awk '$1 == "cpu" { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit }' /proc/stat
+}
+steal_percent() { # "steal total" before, "steal total" after -> steal in % of the interval
+    python3 -c "import sys; s0, t0, s1, t1 = map(float, sys.argv[1:]); print(round(100 * (s1 - s0) / max(t1 - t0, 1), 1))" $1 $2
+}
 add_cpu() { # json-file key=seconds... -> adds the keys to the JSON object in the file
     python3 - "$@" <<'PY'
 import json, sys
@@ -183,13 +192,14 @@ fresh_tables() {
 }
 ceiling() { # shape name -> $OUT/<name>.json
     fresh_tables
-    local pg0 pg1 client0
-    pg0=$(pg_cpu_seconds); client_cpu_mark; client0=$CLIENT_CPU
+    local pg0 pg1 client0 steal0
+    pg0=$(pg_cpu_seconds); client_cpu_mark; client0=$CLIENT_CPU; steal0=$(steal_mark)
     "${APP[@]}" $BIN testbed copy --database-url "$PG_URL" --seconds "$SECS" --connections 2 \
         --batch "$(batch_of "$1")" --shape "$1" --rows-per-copy 10000 >"$OUT/$2.json"
-    client_cpu_mark; sleep 0.5; pg1=$(pg_cpu_seconds)
+    client_cpu_mark; local steal1; steal1=$(steal_mark); sleep 0.5; pg1=$(pg_cpu_seconds)
     add_cpu "$OUT/$2.json" "client_cpu_seconds=$(python3 -c "print($CLIENT_CPU - $client0)")" \
-        "postgres_cpu_seconds=$(python3 -c "print($pg1 - $pg0)")"
+        "postgres_cpu_seconds=$(python3 -c "print($pg1 - $pg0)")" \
+        "steal_percent=$(steal_percent "$steal0" "$steal1")"
 }
 
 # One gateway run: config shape protocol rate(frames/s, 0 = closed loop) name [load options].
@@ -211,9 +221,9 @@ gateway_rows() {
             --duration "$WARMUP" --json >/dev/null
         sleep 1
     fi
-    local start cpu0 cpu1 loader pg0 pg1 client1 gateway1 stopped
+    local start cpu0 cpu1 loader pg0 pg1 client1 gateway1 stopped steal0 steal1
     start=$(sql "SELECT clock_timestamp()")
-    pg0=$(pg_cpu_seconds)
+    pg0=$(pg_cpu_seconds); steal0=$(steal_mark)
     cpu0=$(cpu_seconds "$gw")
     "${APP[@]}" $BIN load --endpoint "$endpoint" --protocol "$protocol" --shape "$shape" \
         -c "$(connections_of "$shape")" -b "$(batch_of "$shape")" --rate "$rate" \
@@ -222,7 +232,7 @@ gateway_rows() {
     # The CPU of the client, the gateway and PostgreSQL as the client stops sending, before
     # the client's own queries that find the rows and their latencies.
     sleep "$SECS"
-    client1=$(cpu_seconds "$loader"); gateway1=$(cpu_seconds "$gw"); pg1=$(pg_cpu_seconds)
+    client1=$(cpu_seconds "$loader"); gateway1=$(cpu_seconds "$gw"); pg1=$(pg_cpu_seconds); steal1=$(steal_mark)
     stopped=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
     wait "$loader"
     cpu1=$(cpu_seconds "$gw")
@@ -245,7 +255,8 @@ PY
     add_cpu "$OUT/$name-rows.json" "client_cpu_seconds_while_sending=$client1" \
         "gateway_cpu_seconds_while_sending=$(python3 -c "print($gateway1 - $cpu0)")" \
         "postgres_cpu_seconds_while_sending=$(python3 -c "print($pg1 - $pg0)")" \
-        "rows_committed_while_sending=$(rows_since "$start" "$stopped" | cut -d' ' -f1)"
+        "rows_committed_while_sending=$(rows_since "$start" "$stopped" | cut -d' ' -f1)" \
+        "steal_percent_while_sending=$(steal_percent "$steal0" "$steal1")"
     kill "$gw"; wait "$gw" 2>/dev/null || true
 }
 

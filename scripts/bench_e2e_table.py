@@ -82,8 +82,25 @@ def paced(shape, protocol):
             cost["total"] = sum(cost.values())
             cost["ratio"] = (costs[before][0] + costs[after][0]) / 2 / cost["total"]
             run["cost"] = cost
+        run["steal"] = rows.get("steal_percent_while_sending")
         runs.append(run)
     return runs
+
+
+def steal_row(shape):
+    """CPU steal (%) of each ceiling run, then of each paced run while it sent."""
+    ceiling, n = [], 0
+    while (c := load(f"copy-{shape}-{n}")) and "steal_percent" in c:
+        ceiling.append(c["steal_percent"])
+        n += 1
+    if not ceiling:
+        return "-"
+    text = "ceilings " + ", ".join(f"{s:.0f}" for s in ceiling)
+    for protocol in ("grpc", "http"):
+        steals = [r["steal"] for r in paced(shape, protocol) if r.get("steal") is not None]
+        if steals:
+            text += f"; paced over {protocol} " + ", ".join(f"{s:.0f}" for s in steals)
+    return text
 
 
 tsdb = open(f"{out}/timescaledb.txt").read().strip() if os.path.exists(f"{out}/timescaledb.txt") else ""
@@ -124,6 +141,8 @@ if SHAPES:
         cells.append(text)
     row("CPU seconds per million rows, the whole machine (PostgreSQL, and the client; paced runs while "
         "sending, the gateway too)", cells)
+    row("CPU steal, % of the VM's CPU time the hypervisor gave to others during each run (a run with "
+        "more than its neighbours is not comparable with them)", [steal_row(s) for s in SHAPES])
     mean = {s: sum(ceilings(s)) / max(len(ceilings(s)), 1) for s in SHAPES}
     for name, label in (("closed", "closed loop, no lag bound"), ("throttled", f"closed loop, throttle_lag_ms = {throttle_ms}, clients retry as advised")):
         cells = []
