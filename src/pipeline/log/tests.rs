@@ -217,8 +217,10 @@ async fn with_group_wait_an_append_that_comes_soon_after_shares_the_first_ones_s
         })
         .unwrap();
         let appender = log.take_appender().unwrap();
-        // The second append starts after the first is taken by the writer and, without a
-        // wait, synced (a sync of 1000 bytes takes well under the 100 ms the first waits).
+        // The second append is sent 20 ms after the first. With a 100 ms wait the writer
+        // still waits for company then, and both share one sync; without a wait the first
+        // was synced alone (or, on a disk slower than 20 ms, is being synced) and the second
+        // gets a sync of its own.
         let second = {
             let appender = appender.clone();
             async move {
