@@ -26,6 +26,15 @@ async fn append_all(log: &Log, count: usize) {
     append_bodies(log, 0..count as u8).await;
 }
 
+/// Appends a 1000-byte body filled with `first`; returns once it is synced.
+async fn append_one(appender: &super::Appender, first: u8) -> Position {
+    let budget = MemoryBudget::new(1 << 20);
+    let body = bytes::Bytes::from(vec![first; 1000]);
+    let permit = budget.try_admit(body.len()).unwrap();
+    let payload = Arc::new(Payload::new(Signal::Logs, body, 1, permit));
+    appender.append(payload).await.unwrap()
+}
+
 /// Appends a 1000-byte body filled with each of `firsts`, then stops the writer. Returns
 /// where each record went.
 pub(super) async fn append_bodies(
@@ -33,13 +42,9 @@ pub(super) async fn append_bodies(
     firsts: impl IntoIterator<Item = u8>,
 ) -> Vec<Position> {
     let appender = log.take_appender().unwrap();
-    let budget = MemoryBudget::new(1 << 20);
     let mut positions = Vec::new();
     for first in firsts {
-        let body = bytes::Bytes::from(vec![first; 1000]);
-        let permit = budget.try_admit(body.len()).unwrap();
-        let payload = Arc::new(Payload::new(Signal::Logs, body, 1, permit));
-        positions.push(appender.append(payload).await.unwrap());
+        positions.push(append_one(&appender, first).await);
     }
     drop(appender);
     log.join_writer().await;
@@ -196,15 +201,6 @@ async fn a_new_destination_starts_at_the_head_and_a_restart_resumes_each_cursor(
         "finished before"
     );
     assert_eq!(log.backlog(), vec![("late".to_owned(), 0)]);
-}
-
-/// Appends a 1000-byte body filled with `first`.
-async fn append_one(appender: &super::Appender, first: u8) -> Position {
-    let budget = MemoryBudget::new(1 << 20);
-    let body = bytes::Bytes::from(vec![first; 1000]);
-    let permit = budget.try_admit(body.len()).unwrap();
-    let payload = Arc::new(Payload::new(Signal::Logs, body, 1, permit));
-    appender.append(payload).await.unwrap()
 }
 
 #[tokio::test]
