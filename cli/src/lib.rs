@@ -8,4 +8,5 @@
 
 pub mod demo;
 pub mod load;
+pub mod ports;
 pub mod testbed;

@@ -179,12 +179,7 @@ fn check_config_names_what_is_wrong() {
 #[tokio::test]
 async fn run_serves_until_sigterm_and_drains() {
     let backend = RecordingBackend::start().await.unwrap();
-    let free = |_| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
+    let free = |_| crate::durable::free_port();
     let [grpc, http, admin]: [std::net::SocketAddr; 3] = std::array::from_fn(free);
     let mut child = tokio::process::Command::new(crate::otelgate_binary())
         .arg("run")

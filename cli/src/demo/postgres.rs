@@ -112,9 +112,7 @@ impl TempPostgres {
         ));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = crate::ports::free_port()?;
         let timescaledb = timescaledb
             && bin
                 .parent()

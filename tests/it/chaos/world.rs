@@ -13,6 +13,8 @@ use otelgate_cli::demo::postgres::TempPostgres;
 use tokio::process::Child;
 use tokio::sync::Mutex;
 
+use crate::durable::free_port;
+
 /// A user mapping that fills `frame_metadata` beside the two built-in ones.
 const USER_MAPPING: &str = r#"
 [[timescale.mappings]]
@@ -25,13 +27,6 @@ columns = [
   { name = "sequence", type = "int8", from = "attribute:seq" },
 ]
 "#;
-
-pub fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// One gateway process, restartable on the same ports and log.
 pub struct GatewayProcess {

@@ -197,9 +197,5 @@ fn installed(program: &str) -> Option<PathBuf> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    otelgate_cli::ports::free_port().unwrap()
 }

@@ -170,11 +170,10 @@ async fn wait_for_rows(
     }
 }
 
+/// A port on 127.0.0.1 for a gateway process to listen on (see `otelgate_cli::ports`).
 pub fn free_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    let port = otelgate_cli::ports::free_port().unwrap();
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// `otelgate run` as a child process with the config file `path`; returns once ready.

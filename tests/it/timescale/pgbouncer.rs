@@ -21,11 +21,7 @@ impl PgBouncer {
         let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = otelgate_cli::ports::free_port().unwrap();
         let dir = pg.dir();
         let ini = dir.join("pgbouncer.ini");
         std::fs::write(dir.join("users.txt"), "\"postgres\" \"\"\n").unwrap();
