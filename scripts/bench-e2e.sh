@@ -38,7 +38,8 @@
 # spaces; default "max_wal_size=16GB backend_flush_after=256kB"; empty: the defaults),
 # ROTEL (path of rotel-agent; default: installed from PyPI into target/bench-venv),
 # BENCH_SINK_TOML (extra lines for the gateway's [timescale] section; default none: the
-# defaults a user gets), BENCH_OVERLOAD_SECONDS (default 60), BENCH_LOG_DIR (where the
+# defaults a user gets), BENCH_WORKER_THREADS (`pipeline.worker_threads` of the gateways that
+# write rows, sections 1, 2 and 4; default 0: one per core), BENCH_OVERLOAD_SECONDS (default 60), BENCH_LOG_DIR (where the
 # durable logs live; default the temporary work directory under $TMPDIR), OTELGATE_BIN (the
 # binary to measure; default: target/release/otelgate, built first), BENCH_PIN=1 (PostgreSQL
 # on the last CPU, everything else, gateway, its clients and the ceiling's client, on the
@@ -61,6 +62,7 @@ SINK_TOML=${BENCH_SINK_TOML:-}
 PIN=${BENCH_PIN:-0}
 FORWARD_COMPRESSION=${BENCH_FORWARD_COMPRESSION:-none}
 CLOSED_LOOPS=${BENCH_CLOSED_LOOPS:-1}
+WORKER_THREADS=${BENCH_WORKER_THREADS:-0}
 # PostgreSQL as a deployment that takes 100,000+ rows/s is set up: with the default
 # max_wal_size (1 GB) such a load forces a checkpoint every ~13 s, and the end of each stalls
 # commits for 0.1-0.4 s; with backend_flush_after at 0, dirty pages reach the disk in bursts
@@ -124,7 +126,7 @@ for _ in $(seq 1 600); do [ -s "$work/pg.url" ] && break; sleep 0.1; done
 PG_URL=$(head -1 "$work/pg.url")
 TSDB=$(grep -o 'TimescaleDB: .*' "$work/pg.log" || true)
 log "PostgreSQL at $PG_URL ($TSDB)"
-echo "$TSDB; server settings: ${PG_SETTINGS:-the defaults of PostgreSQL}" >"$OUT/timescaledb.txt"
+echo "$TSDB; server settings: ${PG_SETTINGS:-the defaults of PostgreSQL}; gateway worker threads: $([ "$WORKER_THREADS" = 0 ] && echo "one per core" || echo "$WORKER_THREADS")" >"$OUT/timescaledb.txt"
 PG_DATA=$(sql "SHOW data_directory")
 PG_PID=$(head -1 "$PG_DATA/postmaster.pid")
 
@@ -178,10 +180,12 @@ dir = "$LOG_ROOT/log-$1"
 TOML
 }
 gateway_toml() { # name [extra [timescale.queue] lines] -> $work/<name>.toml
-    { common_toml "$1"; printf '[timescale]\nurl = "%s"\n%s\n' "$PG_URL" "$SINK_TOML"
+    { common_toml "$1"; printf '[pipeline]\nworker_threads = %s\n' "$WORKER_THREADS"
+      printf '[timescale]\nurl = "%s"\n%s\n' "$PG_URL" "$SINK_TOML"
       [ -z "${2:-}" ] || printf '[timescale.queue]\n%s\n' "$2"; } >"$work/$1.toml"
 }
 gateway_toml rows
+cp "$work/rows.toml" "$OUT/gateway-rows.toml"
 gateway_toml throttled "throttle_lag_ms = $THROTTLE_MS"
 
 # Each rows run starts on empty tables, after a checkpoint: the same COPY slows as the
@@ -386,7 +390,7 @@ fi
 
 if want 4; then
 log "4. memory under overload: 64 MiB budget, 32 connections, ${OVERLOAD_SECS}s"
-sed -e 's/^\[timescale\]/[pipeline]\nmemory_budget_bytes = 67108864\n[timescale]/' "$work/rows.toml" >"$work/overload.toml"
+sed -e 's/^\[pipeline\]/[pipeline]\nmemory_budget_bytes = 67108864/' "$work/rows.toml" >"$work/overload.toml"
 rm -rf "$LOG_ROOT/log-rows"
 $BIN run --config "$work/overload.toml" 2>"$work/overload.log" &
 GW=$!; pids+=($GW)

@@ -134,6 +134,7 @@ impl Gateway {
             http = %http_addr,
             admin = %admin_addr,
             exporters = config.exporters.len(),
+            worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
             "otelgate is ready."
         );
         Ok(Gateway {

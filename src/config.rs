@@ -472,6 +472,7 @@ mod tests {
             ("[timescale]\nurl = \"host=db\"\nsslmode = \"verify-full\"\nsslrootcert = \"/nonexistent/ca.pem\"\n", "key `timescale.sslrootcert`: cannot read PEM file /nonexistent/ca.pem"),
             ("[timescale]\nurl = \"host=db sslmode=verify-ca\"\n", "key `sslmode in timescale.url`: sslmode=verify-ca needs sslrootcert"),
             ("[log]\ngroup_wait_us = 100001\n[exporters.x]\nendpoint = \"http://a:1\"\n", "key `log.group_wait_us`: must be at most 100000"),
+            ("[pipeline]\nworker_threads = 1025\n[exporters.x]\nendpoint = \"http://a:1\"\n", "key `pipeline.worker_threads`: must be at most 1024"),
         ];
         for (text, key) in cases {
             let err = load_err(text, &[]);

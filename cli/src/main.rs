@@ -1,6 +1,7 @@
 //! The `otelgate` command line. Everything but argument parsing lives in the libraries: the
 //! gateway's (`otelgate`) and the tools' (`otelgate_cli`: demo, load, testbed).
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -55,16 +56,15 @@ enum Command {
     Testbed(testbed::TestbedCommand),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => run(config).await,
+        Command::Run { config } => run(config),
         Command::CheckConfig { config } => check_config(config),
-        Command::Migrate { config } => migrate(config).await,
-        Command::Demo(args) => demo::run(args).await,
-        Command::Load(args) => run_load(args).await,
-        Command::Testbed(command) => testbed::run(command, shutdown_signal()).await,
+        Command::Migrate { config } => block_on(migrate(config)),
+        Command::Demo(args) => block_on(demo::run(args)),
+        Command::Load(args) => block_on(run_load(args)),
+        Command::Testbed(command) => block_on(testbed::run(command, shutdown_signal())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,8 +75,29 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+/// Runs `future` to completion on a runtime with one worker per CPU core.
+fn block_on(future: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    runtime(0)?.block_on(future)
+}
+
+/// A multi-threaded tokio runtime with `worker_threads` workers (0: one per CPU core).
+fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    Ok(builder.build()?)
+}
+
+/// `otelgate run`: the config decides the runtime's threads, so it is read before the runtime
+/// exists.
+fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(path.as_deref())?;
+    runtime(config.pipeline.worker_threads)?.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     telemetry::init_logging(&config.telemetry);
     let gateway = Gateway::start(config).await?;
     shutdown_signal().await;

@@ -139,7 +139,10 @@ const fn default_shutdown_timeout_seconds() -> u64 {
     30
 }
 
-/// Admission and shutdown.
+/// Most `worker_threads`: far beyond any core count worth one thread each.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
+/// Admission, shutdown and the threads that run the pipeline.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
@@ -156,6 +159,10 @@ pub struct PipelineConfig {
     /// before what is left is reported as undelivered and the process exits.
     #[serde(default = "default_shutdown_timeout_seconds")]
     pub shutdown_timeout_seconds: u64,
+    /// Threads of the async runtime that runs receivers, exporters and the sink (`otelgate
+    /// run` only); 0: one per CPU core. The log writer has a thread of its own either way.
+    #[serde(default)]
+    pub worker_threads: usize,
 }
 
 impl Default for PipelineConfig {
@@ -164,6 +171,7 @@ impl Default for PipelineConfig {
             memory_budget_bytes: default_memory_budget_bytes(),
             retry_after_seconds: default_retry_after_seconds(),
             shutdown_timeout_seconds: default_shutdown_timeout_seconds(),
+            worker_threads: 0,
         }
     }
 }
@@ -174,6 +182,12 @@ impl PipelineConfig {
             return Err(ConfigError::invalid(
                 "pipeline.memory_budget_bytes",
                 "must be greater than 0",
+            ));
+        }
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return Err(ConfigError::invalid(
+                "pipeline.worker_threads",
+                format!("must be at most {MAX_WORKER_THREADS} (0: one per CPU core)"),
             ));
         }
         Ok(())

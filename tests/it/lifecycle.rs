@@ -174,13 +174,15 @@ fn check_config_names_what_is_wrong() {
     }
 }
 
-/// `otelgate run` as a process: environment overrides, serving, and a clean exit on SIGTERM
-/// after delivering what it accepted.
+/// `otelgate run` as a process: environment overrides (among them the runtime's threads, which
+/// are set before the runtime starts), serving, and a clean exit on SIGTERM after delivering
+/// what it accepted.
 #[tokio::test]
 async fn run_serves_until_sigterm_and_drains() {
     let backend = RecordingBackend::start().await.unwrap();
     let free = |_| crate::durable::free_port();
     let [grpc, http, admin]: [std::net::SocketAddr; 3] = std::array::from_fn(free);
+    let threads = std::thread::available_parallelism().unwrap().get() + 1;
     let mut child = tokio::process::Command::new(crate::otelgate_binary())
         .arg("run")
         .env("OTELGATE_RECEIVER__GRPC_ENDPOINT", grpc.to_string())
@@ -189,6 +191,8 @@ async fn run_serves_until_sigterm_and_drains() {
         .env("OTELGATE_TELEMETRY__LOG_FORMAT", "json")
         .env("OTELGATE_EXPORTERS__LGTM__ENDPOINT", backend.endpoint())
         .env("OTELGATE_LOG__DIR", crate::log_dir())
+        // One more than the default (one per core).
+        .env("OTELGATE_PIPELINE__WORKER_THREADS", threads.to_string())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -224,9 +228,9 @@ async fn run_serves_until_sigterm_and_drains() {
         .await
         .unwrap();
     assert!(
-        stderr
-            .lines()
-            .any(|l| l.starts_with('{') && l.contains("otelgate is ready")),
+        stderr.lines().any(|l| l.starts_with('{')
+            && l.contains("otelgate is ready")
+            && l.contains(&format!(r#""worker_threads":{threads}"#))),
         "{stderr}"
     );
 }

@@ -461,11 +461,9 @@ async fn run(settings: Settings) {
     let mut views: [BackendView; 2] = Default::default();
     let mut failed = Vec::new();
     let mut injected: std::collections::BTreeMap<&str, usize> = Default::default();
-    let waits: Vec<u64> = (0..gateways)
-        .map(|i| world::group_wait_us(seed, i))
-        .collect();
+    let tunings: Vec<world::Tuning> = (0..gateways).map(|i| world::tuning(seed, i)).collect();
     println!(
-        "chaos: seed {seed}, {rounds} rounds, {gateways} gateway(s) (log.group_wait_us {waits:?}), {CLIENTS} clients"
+        "chaos: seed {seed}, {rounds} rounds, {gateways} gateway(s) {tunings:?}, {CLIENTS} clients"
     );
     println!(
         "{:>5} | {:<60} | {:>6} | {:>5} | {:>7} | {:>4} | {:>4} | {:>5} | {:>5} | {:>7} | result",

@@ -39,7 +39,11 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    fn new(dir: &Path, pg_url: &str, backends: &[RecordingBackend; 2], group_wait_us: u64) -> Self {
+    fn new(dir: &Path, pg_url: &str, backends: &[RecordingBackend; 2], tuning: Tuning) -> Self {
+        let Tuning {
+            group_wait_us,
+            worker_threads,
+        } = tuning;
         std::fs::create_dir_all(dir).unwrap();
         let (grpc, http, admin) = (free_port(), free_port(), free_port());
         let config = format!(
@@ -51,6 +55,7 @@ http_endpoint = "{http}"
 admin_endpoint = "{admin}"
 [pipeline]
 shutdown_timeout_seconds = 5
+worker_threads = {worker_threads}
 [log]
 dir = "{log}"
 # Saved cursors lag: every restart replays records whose rows are partly committed.
@@ -197,11 +202,26 @@ pool_size = 3
     }
 }
 
-/// Gateway `gateway`'s `log.group_wait_us` in a run of `seed`: none (the default), longer
-/// than a sync, or shorter, in turn, so that runs with three gateways have each.
-pub fn group_wait_us(seed: u64, gateway: usize) -> u64 {
+/// Settings that change how a gateway interleaves its work, varied by seed and gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// `log.group_wait_us`: none (the default), longer than a sync, or shorter.
+    pub group_wait_us: u64,
+    /// `pipeline.worker_threads`: one per core (the default) or a single thread, on which
+    /// receivers, readers and the sink take turns.
+    pub worker_threads: usize,
+}
+
+/// Gateway `gateway`'s [`Tuning`] in a run of `seed`: runs with three gateways have each
+/// wait, and six consecutive seeds (or gateways) every pair of a wait and a thread count.
+pub fn tuning(seed: u64, gateway: usize) -> Tuning {
     const WAITS_US: [u64; 3] = [0, 2000, 500];
-    WAITS_US[(seed as usize + gateway) % WAITS_US.len()]
+    const WORKER_THREADS: [usize; 2] = [1, 0];
+    let turn = seed as usize + gateway;
+    Tuning {
+        group_wait_us: WAITS_US[turn % WAITS_US.len()],
+        worker_threads: WORKER_THREADS[turn % WORKER_THREADS.len()],
+    }
 }
 
 /// Everything a run needs.
@@ -212,7 +232,7 @@ pub struct World {
 }
 
 impl World {
-    /// Starts `gateways` gateways, with the `log.group_wait_us` of [`group_wait_us`].
+    /// Starts `gateways` gateways, each with its [`tuning`].
     pub async fn start(gateways: usize, seed: u64) -> World {
         // Durable: the harness crashes the server, and must not lose commits it acknowledged.
         let pg = Arc::new(crate::postgres_with_timescaledb(true));
@@ -227,7 +247,7 @@ impl World {
                     &root.join(format!("g{i}")),
                     &pg.url(),
                     &backends,
-                    group_wait_us(seed, i),
+                    tuning(seed, i),
                 )
             })
             .collect();
