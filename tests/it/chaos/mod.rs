@@ -10,6 +10,9 @@
 //! - every acknowledged span, log record and data point reached both backends;
 //! - each log's lag returns to 0, and nothing was rejected.
 //!
+//! The seed also picks each gateway's [`world::Tuning`] (log group wait, worker threads), so
+//! kills land on differently interleaved gateways.
+//!
 //! The seed fixes the workload and the fault plan (timing still varies from run to run). The
 //! suite runs a few rounds; `scripts/chaos.sh` runs long ones and prints the table.
 
