@@ -39,12 +39,12 @@
 # ROTEL (path of rotel-agent; default: installed from PyPI into target/bench-venv),
 # BENCH_SINK_TOML (extra lines for the gateway's [timescale] section; default none: the
 # defaults a user gets), BENCH_WORKER_THREADS (`pipeline.worker_threads` of the gateways that
-# write rows, sections 1, 2 and 4; default 0: one per core), BENCH_OVERLOAD_SECONDS (default 60), BENCH_LOG_DIR (where the
-# durable logs live; default the temporary work directory under $TMPDIR), OTELGATE_BIN (the
-# binary to measure; default: target/release/otelgate, built first), BENCH_PIN=1 (PostgreSQL
-# on the last CPU, everything else, gateway, its clients and the ceiling's client, on the
-# others, with taskset: the database then has a core of its own, as it would on its own
-# machine, and the ratios of section 1 show whether the gateway feeds it as fast as a raw COPY
+# write rows, sections 1, 2 and 4; default 0: one per core), BENCH_OVERLOAD_SECONDS (default
+# 60), BENCH_LOG_DIR (where the durable logs live; default the temporary work directory under
+# $TMPDIR), OTELGATE_BIN (the binary to measure; default: target/release/otelgate, built
+# first), BENCH_PIN=1 (PostgreSQL on the last CPU, everything else, gateway, its clients and
+# the ceiling's client, on the others, with taskset: the database then has a core of its own,
+# as it would on its own machine, and the ratios of section 1 show whether the gateway feeds it as fast as a raw COPY
 # client instead of how the two share the cores).
 # Everything listens on 127.0.0.1 and stops by itself. Results: $OUT (default target/bench-e2e).
 set -euo pipefail
