@@ -44,8 +44,8 @@
 # $TMPDIR), OTELGATE_BIN (the binary to measure; default: target/release/otelgate, built
 # first), BENCH_PIN=1 (PostgreSQL on the last CPU, everything else, gateway, its clients and
 # the ceiling's client, on the others, with taskset: the database then has a core of its own,
-# as it would on its own machine, and the ratios of section 1 show whether the gateway feeds it as fast as a raw COPY
-# client instead of how the two share the cores).
+# as it would on its own machine, and the ratios of section 1 show whether the gateway feeds
+# it as fast as a raw COPY client instead of how the two share the cores).
 # Everything listens on 127.0.0.1 and stops by itself. Results: $OUT (default target/bench-e2e).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
