@@ -12,13 +12,14 @@ use super::{connect, count, gateway_with_sink, sink_config, wait_count};
 use crate::grpc_export;
 
 /// Rows the built-in mappings make of a generated request, per table.
-struct RowCounts {
-    frames: i64,
-    detections: i64,
-    chats: i64,
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct RowCounts {
+    pub(super) frames: i64,
+    pub(super) detections: i64,
+    pub(super) chats: i64,
 }
 
-fn rows_of(
+pub(super) fn rows_of(
     request: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
 ) -> RowCounts {
     let mut rows = RowCounts {
