@@ -6,12 +6,15 @@
 //! round, with every fault healed, it waits for each gateway's log to drain and checks:
 //!
 //! - every acknowledged record's rows are in their tables exactly once, with their values; a
-//!   request whose answer never came may be there at most once; nothing else is;
-//! - every acknowledged span, log record and data point reached both backends;
+//!   request whose answer never came may be there at most once; nothing else is (a throttled
+//!   request, gRPC `RESOURCE_EXHAUSTED` or HTTP 429, was never appended and never lands);
+//! - every acknowledged span, log record and data point reached both backends, and none of a
+//!   throttled request did;
 //! - each log's lag returns to 0, and nothing was rejected.
 //!
-//! The seed also picks each gateway's [`world::Tuning`] (log group wait, worker threads), so
-//! kills land on differently interleaved gateways.
+//! The seed also picks each gateway's [`world::Tuning`] (log group wait, worker threads, the
+//! sink's lag bound), so kills land on differently interleaved gateways, and faults that stall
+//! the sink throttle clients on some of them.
 //!
 //! The seed fixes the workload and the fault plan (timing still varies from run to run). The
 //! suite runs a few rounds; `scripts/chaos.sh` runs long ones and prints the table.
@@ -191,13 +194,16 @@ async fn sql(world: &World, query: &str) -> String {
     }
 }
 
-/// What the clients learned: acknowledged requests, and ones whose answer never came (or was
-/// an error), which may have landed or not.
+/// What the clients learned: acknowledged requests; refused ones (throttled: gRPC
+/// `RESOURCE_EXHAUSTED`, HTTP 429), which the gateway never appended and so must never land;
+/// and ones whose answer never came (or was another error), which may have landed or not.
 #[derive(Default)]
 struct Outcomes {
     acked: Expected,
     unknown: Expected,
+    refused: Expected,
     acked_requests: u64,
+    refused_requests: u64,
     unknown_requests: u64,
 }
 
@@ -228,12 +234,20 @@ fn clients(
                 let acked = result.is_ok();
                 {
                     let mut outcomes = outcomes.lock().unwrap();
-                    if acked {
-                        outcomes.acked.absorb(expected);
-                        outcomes.acked_requests += 1;
-                    } else {
-                        outcomes.unknown.absorb(expected);
-                        outcomes.unknown_requests += 1;
+                    match result.as_ref().map_err(String::as_str) {
+                        Ok(()) => {
+                            outcomes.acked.absorb(expected);
+                            outcomes.acked_requests += 1;
+                        }
+                        // Not in `unknown`: a row of a refused request is an unexpected row.
+                        Err("ResourceExhausted" | "429") => {
+                            outcomes.refused.absorb(expected);
+                            outcomes.refused_requests += 1;
+                        }
+                        Err(_) => {
+                            outcomes.unknown.absorb(expected);
+                            outcomes.unknown_requests += 1;
+                        }
                     }
                 }
                 if !acked {
@@ -279,6 +293,8 @@ struct Findings {
     unexpected_rows: Vec<String>,
     rejected: i64,
     missing_at_backends: [usize; 2],
+    /// Items of refused requests that reached a backend.
+    refused_at_backends: [usize; 2],
     backend_duplicates: [u64; 2],
 }
 
@@ -290,6 +306,7 @@ impl Findings {
             && self.unexpected_rows.is_empty()
             && self.rejected == 0
             && self.missing_at_backends == [0, 0]
+            && self.refused_at_backends == [0, 0]
     }
 }
 
@@ -408,6 +425,7 @@ async fn check(
     for (i, view) in views.iter_mut().enumerate() {
         view.update(&world.backends[i]);
         findings.missing_at_backends[i] = outcomes.acked.items.difference(&view.seen).count();
+        findings.refused_at_backends[i] = outcomes.refused.items.intersection(&view.seen).count();
         findings.backend_duplicates[i] = view.duplicates;
     }
     findings
@@ -492,7 +510,9 @@ async fn run(settings: Settings) {
         let acked_now = this.acked_requests;
         total.acked_requests += this.acked_requests;
         total.unknown_requests += this.unknown_requests;
+        total.refused_requests += this.refused_requests;
         total.acked.absorb(this.acked);
+        total.refused.absorb(this.refused);
         total.unknown.absorb(this.unknown);
         let drained = drain(&world).await;
         let findings = check(&world, &run, &total, &mut views).await;
@@ -538,11 +558,12 @@ async fn run(settings: Settings) {
     }
     let all = &total;
     println!(
-        "chaos: seed {seed}: {} acknowledged requests ({} rows, {} items), {} unanswered; \
+        "chaos: seed {seed}: {} acknowledged requests ({} rows, {} items), {} refused, {} unanswered; \
          backend duplicates (at least once) {} / {}; failed rounds {failed:?}",
         all.acked_requests,
         all.acked.rows(),
         all.acked.items.len(),
+        all.refused_requests,
         all.unknown_requests,
         views[0].duplicates,
         views[1].duplicates,

@@ -43,7 +43,12 @@ impl GatewayProcess {
         let Tuning {
             group_wait_us,
             worker_threads,
+            throttle_lag_ms,
         } = tuning;
+        // The sink's lag bound: faults stall it, so clients are throttled until it catches up.
+        let sink_queue = throttle_lag_ms.map_or(String::new(), |ms| {
+            format!("[timescale.queue]\nthrottle_lag_ms = {ms}\n")
+        });
         std::fs::create_dir_all(dir).unwrap();
         let (grpc, http, admin) = (free_port(), free_port(), free_port());
         let config = format!(
@@ -86,7 +91,7 @@ max_wait_ms = 5
 # Small batches on several connections: many ledger ranges, committed out of order.
 max_rows = 64
 pool_size = 3
-{USER_MAPPING}"#,
+{sink_queue}{USER_MAPPING}"#,
             log = dir.join("log").display(),
             a = backends[0].endpoint(),
             b = backends[1].endpoint(),
@@ -210,17 +215,22 @@ pub struct Tuning {
     /// `pipeline.worker_threads`: one per core (the default) or a single thread, on which
     /// receivers, readers and the sink take turns.
     pub worker_threads: usize,
+    /// The sink's `queue.throttle_lag_ms`: none (the default) or 300 ms.
+    pub throttle_lag_ms: Option<u64>,
 }
 
 /// Gateway `gateway`'s [`Tuning`] in a run of `seed`: runs with three gateways have each
-/// wait, and six consecutive seeds (or gateways) every pair of a wait and a thread count.
+/// wait, and six consecutive seeds (or gateways) every pair of a wait and a thread count,
+/// and every wait and every thread count with and without the sink's lag bound.
 pub fn tuning(seed: u64, gateway: usize) -> Tuning {
     const WAITS_US: [u64; 3] = [0, 2000, 500];
     const WORKER_THREADS: [usize; 2] = [1, 0];
+    const THROTTLE_LAG_MS: [Option<u64>; 2] = [None, Some(300)];
     let turn = seed as usize + gateway;
     Tuning {
         group_wait_us: WAITS_US[turn % WAITS_US.len()],
         worker_threads: WORKER_THREADS[turn % WORKER_THREADS.len()],
+        throttle_lag_ms: THROTTLE_LAG_MS[(turn + 1) / 3 % THROTTLE_LAG_MS.len()],
     }
 }
 
