@@ -12,7 +12,7 @@ use super::{connect, count, gateway_with_sink, sink_config, wait_count};
 use crate::grpc_export;
 
 /// Rows the built-in mappings make of a generated request, per table.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Default)]
 pub(super) struct RowCounts {
     pub(super) frames: i64,
     pub(super) detections: i64,

@@ -1,10 +1,10 @@
 //! The sink's lag bound (`timescale.queue.throttle_lag_ms`) against a real PostgreSQL that
 //! stops taking rows: another session locks `detection_events` at random moments for random
 //! lengths, while impatient clients keep sending frames over gRPC and HTTP and retry every
-//! refusal after a few milliseconds (not after the advised delay). Checked at the end:
-//! every stall throttled, no request was acknowledged once a stall had lasted past the bound
-//! (with slack for a slow machine) nor after its first refusal until it ended, requests were accepted again after the last stall, every
-//! acknowledged row is in the database exactly once and no refused one is, and the refusals
+//! refusal after a few milliseconds (not after the advised delay). Checked at the end: every
+//! stall throttled; no request acknowledged after a stall's first refusal, nor once it had
+//! lasted well past the bound, until it ended; requests accepted again after the last stall;
+//! every acknowledged row in the database exactly once and no refused one; and the refusals
 //! the clients saw are the ones the gateway counted. `OTELGATE_TEST_SEED` replays a run.
 
 use std::sync::atomic::{AtomicBool, Ordering};
