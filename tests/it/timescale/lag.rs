@@ -2,10 +2,10 @@
 //! stops taking rows: another session locks `detection_events` at random moments for random
 //! lengths, while impatient clients keep sending frames over gRPC and HTTP and retry every
 //! refusal after a few milliseconds (not after the advised delay). Checked at the end: every
-//! stall throttled; no request acknowledged after a stall's first refusal, nor once it had
-//! lasted well past the bound, until it ended; requests accepted again after the last stall;
-//! every acknowledged row in the database exactly once and no refused one; and the refusals
-//! the clients saw are the ones the gateway counted. `OTELGATE_TEST_SEED` replays a run.
+//! stall throttled; no request sent after a stall's first refusal was answered, nor once it
+//! had lasted well past the bound, acknowledged until the stall ended; requests accepted
+//! again after the last stall; every acknowledged row in the database exactly once and no
+//! refused one; and the refusals the clients saw are the ones the gateway counted. `OTELGATE_TEST_SEED` replays a run.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 
 use super::exactly_once::{rows_of, RowCounts};
 use super::{connect, count, gateway_with_sink, sink_config, wait_count};
-use crate::{grpc_export, metric};
+use crate::{grpc_export, metric, WAIT};
 
 /// The sink's lag bound in this test.
 const BOUND: Duration = Duration::from_millis(300);
@@ -36,8 +36,8 @@ const CLIENTS: u64 = 4;
 struct Seen {
     /// When each acknowledged request was sent, and its rows.
     acknowledged: Vec<(Instant, RowCounts)>,
-    /// When each refused attempt was sent.
-    refused: Vec<Instant>,
+    /// When each refused attempt was sent, and when its answer came.
+    refused: Vec<(Instant, Instant)>,
 }
 
 enum Answer {
@@ -104,7 +104,7 @@ async fn client(
                     seen.acknowledged.push((sent, rows));
                     break;
                 }
-                Answer::Throttled => seen.refused.push(sent),
+                Answer::Throttled => seen.refused.push((sent, Instant::now())),
             }
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -160,13 +160,16 @@ async fn a_stalled_database_throttles_at_the_lag_bound_and_acknowledged_rows_lan
     }
 
     for (round, &(locked, unlocked)) in stalls.iter().enumerate() {
-        let refused = seen
+        let refused: Vec<_> = seen
             .refused
             .iter()
-            .filter(|&&at| at >= locked && at < unlocked)
-            .count();
-        assert!(refused > 0, "stall {round} was never throttled");
-        let first_refusal = seen.refused.iter().filter(|&&at| at >= locked).min();
+            .filter(|(sent, _)| *sent >= locked && *sent < unlocked)
+            .collect();
+        assert!(!refused.is_empty(), "stall {round} was never throttled");
+        // The lag check happens somewhere between a request's sending and its answer, and
+        // requests on different connections overtake each other: a request sent after a
+        // refusal was answered was checked after it.
+        let first_refusal = refused.iter().map(|(_, answered)| *answered).min();
         let last_accepted = seen
             .acknowledged
             .iter()
@@ -174,7 +177,7 @@ async fn a_stalled_database_throttles_at_the_lag_bound_and_acknowledged_rows_lan
             .filter(|&at| at >= locked && at < unlocked)
             .max();
         // Once refused, refused until the stall ends: nothing the sink holds can finish.
-        let first = *first_refusal.expect("refused");
+        let first = first_refusal.expect("refused");
         let accepted_between = seen
             .acknowledged
             .iter()
@@ -185,9 +188,9 @@ async fn a_stalled_database_throttles_at_the_lag_bound_and_acknowledged_rows_lan
             "stall {round}: requests acknowledged after the first refusal, while still stalled"
         );
         println!(
-            "stall {round}: {:?} long, first refusal {:?} and last acknowledged request {:?} after it began",
+            "stall {round}: {:?} long, first refusal answered {:?} and last acknowledged request sent {:?} after it began",
             unlocked - locked,
-            first_refusal.map(|at| *at - locked),
+            first_refusal.map(|at| at - locked),
             last_accepted.map(|at| at - locked),
         );
         // Requests sent once the stall had lasted well past the bound, and before it ended.
@@ -264,5 +267,100 @@ async fn a_stalled_database_throttles_at_the_lag_bound_and_acknowledged_rows_lan
         seen.refused.len(),
         total.frames,
         total.detections
+    );
+}
+
+/// Below saturation the sink prefers one transaction at a time: a batch that falls due while
+/// another transaction is in flight waits for it, up to one more `max_wait_ms`, and only then
+/// takes a second connection. Seen from PostgreSQL, with `detection_events` locked so that
+/// the first transaction stays in flight: a second transaction waits on the lock only after
+/// twice `max_wait_ms`, not after once. Every row lands once after the lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_batch_waits_for_the_transaction_in_flight_up_to_one_more_max_wait() {
+    const MAX_WAIT: Duration = Duration::from_millis(600);
+    let pg = TempPostgres::start(false).unwrap();
+    let url = format!("{}?application_name=otelgate-sink", pg.url());
+    let mut sink = sink_config(&url);
+    sink.max_wait_ms = MAX_WAIT.as_millis() as u64;
+    sink.pool_size = 2;
+    let gateway = gateway_with_sink(sink).await;
+    let mut locker = connect(&pg.url()).await;
+    let db = connect(&pg.url()).await;
+    let waiting = || async {
+        count(
+            &db,
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = 'otelgate-sink' AND wait_event_type = 'Lock'",
+        )
+        .await
+    };
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE detection_events IN SHARE MODE")
+        .await
+        .unwrap();
+    let mut generator = TelemetryGenerator::new(11);
+    let mut total = RowCounts::default();
+    let mut send = || {
+        let (request, _) = generator.traces(10);
+        let rows = rows_of(&request);
+        total.frames += rows.frames;
+        total.detections += rows.detections;
+        grpc_export(
+            gateway.grpc_addr(),
+            Signal::Traces,
+            Bytes::from(request.encode_to_vec()),
+            &[],
+        )
+    };
+    send().await.unwrap();
+    // The first batch leaves after MAX_WAIT and waits on the lock.
+    let deadline = Instant::now() + WAIT;
+    while waiting().await < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the first transaction never reached the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    send().await.unwrap();
+    let second = Instant::now();
+    // Past the second batch's own deadline, before twice it: still one transaction.
+    tokio::time::sleep(MAX_WAIT + MAX_WAIT / 3).await;
+    let at_one_and_a_third = waiting().await;
+    let checked_at = second.elapsed();
+    let deadline = Instant::now() + WAIT;
+    while waiting().await < 2 {
+        assert!(Instant::now() < deadline, "the second batch never left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left_after = second.elapsed();
+    tx.commit().await.unwrap();
+    if checked_at < 2 * MAX_WAIT {
+        assert_eq!(
+            at_one_and_a_third, 1,
+            "a second transaction started {checked_at:?} after its batch's first rows, \
+             while the first was in flight"
+        );
+    }
+    assert!(
+        left_after >= 2 * MAX_WAIT - Duration::from_millis(50),
+        "the second batch left {left_after:?} after its first rows, before twice max_wait_ms"
+    );
+    assert_eq!(
+        wait_count(
+            &db,
+            "SELECT count(*) FROM detection_events",
+            total.detections
+        )
+        .await,
+        total.detections
+    );
+    gateway.shutdown().await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM frame_metadata").await,
+        total.frames
+    );
+    println!(
+        "the second batch left {left_after:?} after its first rows (max_wait_ms {MAX_WAIT:?})"
     );
 }

@@ -8,7 +8,7 @@
 //! - `rows`: OTLP spans and log records become typed rows, bad records are kept aside;
 //! - `exactly_once`: killed connections and replayed batches write every row once;
 //! - `lag`: a database stalled by locks throttles clients at the sink's lag bound, and every
-//!   acknowledged row still lands once;
+//!   acknowledged row still lands once; a due batch waits for the transaction in flight;
 //! - `schema`: migrations, plain PostgreSQL, and TimescaleDB's hypertables, compression,
 //!   continuous aggregates and retention;
 //! - `pgbouncer`: the sink through PgBouncer in transaction pooling mode.
